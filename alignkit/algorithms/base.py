@@ -1,0 +1,105 @@
+"""AlignModule: the thin Lightning system every algorithm subclasses (models in, optimizer, sharding, logging)."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import lightning as L
+import torch
+from torch import Tensor, nn
+from transformers import get_scheduler
+
+from alignkit.config.base import Spec
+
+
+class AlgorithmConfig(Spec):
+    """Base of each algorithm's config; `name` selects the algorithm (and is its registered name)."""
+
+    name: str
+
+
+class AlignModule(L.LightningModule):
+    """A LightningModule that receives its models (it never builds them) and trains the `trained` ones.
+
+    Subclasses declare, as class attributes, what run.py must build for them, and implement
+    training_step/validation_step around a pure loss function.
+    """
+
+    name: ClassVar[str]  # registered name; equals Config's `name` literal
+    Config: ClassVar[type[AlgorithmConfig]]
+    models: ClassVar[tuple[str, ...]] = ("policy",)  # model sections it uses
+    required_models: ClassVar[tuple[str, ...]] = ("policy",)  # ... of which these must be in the YAML
+    trained: ClassVar[tuple[str, ...]] = ("policy",)  # ... and these get gradients and are exported
+    records: ClassVar[str | None] = "completion"  # the data record kind (alignkit.data), None = no data
+
+    def __init__(self, cfg: Any, models: dict[str, nn.Module], tokenizer: Any) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.algo = cfg.algorithm
+        self.tokenizer = tokenizer
+        for section, model in models.items():
+            if section not in self.trained:
+                model.requires_grad_(False)
+            setattr(self, section, model)
+        self._sharded = False
+        self.last_eval_step = -1
+
+    def on_validation_epoch_end(self) -> None:
+        self.last_eval_step = self.global_step
+
+    @property
+    def frozen(self) -> list[str]:
+        return [s for s in self.models if s not in self.trained and hasattr(self, s)]
+
+    def train(self, mode: bool = True) -> AlignModule:
+        # Lightning switches the whole system to train mode each epoch; frozen models stay in eval mode.
+        super().train(mode)
+        for section in self.frozen:
+            getattr(self, section).eval()
+        return self
+
+    # -- optimisation --------------------------------------------------------------------------------
+    def configure_optimizers(self) -> Any:
+        spec = self.cfg.trainer.optimizer
+        decay, no_decay = [], []
+        for section in self.trained:
+            for p in getattr(self, section).parameters():
+                if p.requires_grad:
+                    # norms and biases are not decayed (the usual transformer recipe)
+                    (decay if p.ndim >= 2 else no_decay).append(p)
+        groups = [{"params": decay, "weight_decay": spec.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        if spec.name == "sgd":
+            opt: torch.optim.Optimizer = torch.optim.SGD(groups, lr=spec.lr, momentum=spec.momentum)
+        else:
+            cls = torch.optim.AdamW if spec.name == "adamw" else torch.optim.Adam
+            opt = cls(groups, lr=spec.lr, betas=spec.betas, eps=spec.eps)
+        sched_spec = self.cfg.trainer.scheduler
+        total = int(self.trainer.estimated_stepping_batches)
+        warmup = sched_spec.warmup_steps or int(sched_spec.warmup_ratio * total)
+        sched = get_scheduler(sched_spec.name, opt, num_warmup_steps=warmup, num_training_steps=total)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def configure_model(self) -> None:
+        """FSDP2: shard every model (trained and frozen) over the data-parallel mesh; no-op otherwise."""
+        from lightning.pytorch.strategies import ModelParallelStrategy
+
+        if self._sharded or not isinstance(self.trainer.strategy, ModelParallelStrategy):
+            return
+        from alignkit.hardware import shard_fsdp2
+
+        for section in self.models:
+            if hasattr(self, section):
+                shard_fsdp2(getattr(self, section), self.device_mesh, self.cfg.hardware)
+        self._sharded = True
+
+    # -- logging -------------------------------------------------------------------------------------
+    def log_split(self, split: str, metrics: dict[str, Tensor | float], batch_size: int) -> None:
+        """Log `<split>/<name>` tags: per step for train, averaged over the epoch (all ranks) for eval."""
+        step = split == "train"
+        self.log_dict(
+            {f"{split}/{k}": v.detach() if isinstance(v, Tensor) else float(v) for k, v in metrics.items()},
+            on_step=step,
+            on_epoch=not step,
+            sync_dist=not step,
+            batch_size=batch_size,
+        )

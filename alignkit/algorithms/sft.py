@@ -1,0 +1,76 @@
+"""Supervised fine-tuning: next-token cross-entropy on completion tokens only."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Literal
+
+import torch
+from pydantic import Field
+from torch import Tensor
+
+from alignkit.algorithms.base import AlgorithmConfig, AlignModule
+from alignkit.ops import masked_mean, masked_sum, model_logits, token_logprobs
+
+
+class SFTConfig(AlgorithmConfig):
+    name: Literal["sft"] = "sft"
+    loss_aggregation: Literal["token_mean", "sequence_mean"] = Field(
+        "token_mean",
+        description="token_mean: every completion token in the batch weighs the same; sequence_mean: every "
+        "sequence weighs the same (its tokens averaged first).",
+    )
+
+
+def _token_mean(nll: Tensor, mask: Tensor) -> Tensor:
+    return masked_mean(nll, mask)
+
+
+def _sequence_mean(nll: Tensor, mask: Tensor) -> Tensor:
+    return masked_mean(nll, mask, dim=-1).mean()
+
+
+AGGREGATIONS: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
+    "token_mean": _token_mean,
+    "sequence_mean": _sequence_mean,
+}
+
+
+def sft_loss(
+    token_logps: Tensor, completion_mask: Tensor, aggregation: str = "token_mean"
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """Negative log-likelihood of the completion tokens.
+
+    token_logps: [B, T] log p(x_t | x_<t); completion_mask: [B, T], 1 on the tokens that are trained.
+    Returns the loss and metrics `loss`, `ppl` (exp of the token-mean NLL) and `tokens`.
+    """
+    nll = -token_logps
+    loss = AGGREGATIONS[aggregation](nll, completion_mask)
+    token_mean = masked_mean(nll, completion_mask).detach()
+    tokens = masked_sum(torch.ones_like(nll), completion_mask).detach()
+    return loss, {"loss": loss.detach(), "ppl": token_mean.exp(), "tokens": tokens}
+
+
+class SFT(AlignModule):
+    """Supervised fine-tuning on prompt/completion or chat records (loss on completion tokens only)."""
+
+    name = "sft"
+    Config = SFTConfig
+    models = ("policy",)
+    required_models = ("policy",)
+    trained = ("policy",)
+    records = "completion"
+
+    def _step(self, batch: dict[str, Tensor], split: str) -> Tensor:
+        logits = model_logits(self.policy, batch["input_ids"], batch["attention_mask"])
+        loss, metrics = sft_loss(
+            token_logprobs(logits, batch["input_ids"]), batch["completion_mask"], self.algo.loss_aggregation
+        )
+        self.log_split(split, metrics, batch_size=batch["input_ids"].shape[0])
+        return loss
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        return self._step(batch, "train")
+
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        self._step(batch, "eval")

@@ -1,0 +1,172 @@
+"""The linear bandit of Li, Xu, Yu (2023), batched over seeds (float64): features, true reward, evaluation.
+
+Facts from /work/shared/papers/bandits.md ("Linear bandit"): s ~ U[0,1]^d_s, K actions, reward features per
+coordinate [(a+1) cos(pi s_i), sin(pi s_i)/(a+1)], theta* = [1, 2] per coordinate, softmax policy on
+phi_pi . theta with theta ~ U(0,1), uniform reference; policy features equal to phi_r ("matched") or with
+cos and sin swapped ("flip", the released script's setting).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Sequence
+from typing import Literal
+
+import torch
+from pydantic import Field, model_validator
+from torch import Tensor
+
+from alignkit.bandits.losses import evaluate_policy
+from alignkit.bandits.optim import LBFGSSpec, Params, lbfgs
+from alignkit.bandits.rng import generator, per_seed
+from alignkit.config.base import Spec
+
+DTYPE = torch.float64
+
+
+class LinearBanditSpec(Spec):
+    """The linear bandit of bandits.md; evaluation by Monte Carlo (as released) or exact quadrature (d_s = 1)."""
+
+    kind: Literal["linear"] = "linear"
+    state_dim: int = Field(1, ge=1, description="d_s (released: 1)")
+    num_actions: int = Field(4, ge=2, description="K (released: 4)")
+    theta_star: tuple[float, ...] | None = Field(None, description="true reward weights; default [1, 2] per coordinate")
+    features: Literal["matched", "flip"] = Field("flip", description="policy features; released script: flip")
+    evaluation: Literal["monte_carlo", "quadrature"] = Field(
+        "monte_carlo", description="V(pi) on fresh uniform states (released) or Gauss-Legendre (d_s = 1 only)"
+    )
+    num_eval_states: int = Field(10_000, ge=1, description="Monte Carlo evaluation states per seed (released: 10,000)")
+    quadrature_panels: int = Field(2000, ge=1, description="composite Gauss-Legendre panels on [0,1], 5 nodes each")
+
+    @model_validator(mode="after")
+    def _check(self) -> LinearBanditSpec:
+        if self.theta_star is not None and len(self.theta_star) != 2 * self.state_dim:
+            raise ValueError(f"theta_star needs 2 * state_dim = {2 * self.state_dim} entries (got {len(self.theta_star)})")
+        if self.evaluation == "quadrature" and self.state_dim != 1:
+            raise ValueError(f"evaluation 'quadrature' needs state_dim 1 (got {self.state_dim}); use 'monte_carlo'")
+        return self
+
+    @property
+    def theta_star_tensor(self) -> Tensor:
+        return torch.tensor(self.theta_star or (1.0, 2.0) * self.state_dim, dtype=DTYPE)
+
+    def build(self, seeds: Sequence[int]) -> LinearBandit:
+        return LinearBandit(self, seeds)
+
+
+def features(states: Tensor, num_actions: int, flip: bool = False) -> Tensor:
+    """phi(s, a) for states [..., d_s] -> [..., K, 2 d_s]: entry 2i is (a+1) cos(pi s_i), 2i+1 is sin(pi s_i)/(a+1).
+
+    flip swaps cos and sin: [(a+1) sin(pi s_i), cos(pi s_i)/(a+1)] (the released `--flip_feature`).
+    """
+    a1 = torch.arange(1, num_actions + 1, dtype=states.dtype)[:, None]  # a + 1, as a column over actions
+    angle = math.pi * states[..., None, :]
+    first, second = (angle.sin(), angle.cos()) if flip else (angle.cos(), angle.sin())
+    return torch.stack([a1 * first, second / a1], dim=-1).flatten(-2)
+
+
+def gauss_legendre(num_panels: int, num_nodes: int = 5) -> tuple[Tensor, Tensor]:
+    """Composite Gauss-Legendre nodes and weights on [0, 1] (Golub-Welsch), float64.
+
+    Panels, not one high-order rule: max_a r(s, a) has kinks and a sharp softmax is nearly one.
+    """
+    k = torch.arange(1, num_nodes, dtype=DTYPE)
+    off = k / torch.sqrt(4 * k * k - 1)
+    x, vecs = torch.linalg.eigh(torch.diag(off, 1) + torch.diag(off, -1))
+    w = 2 * vecs[0] ** 2
+    h = 1.0 / num_panels
+    left = torch.arange(num_panels, dtype=DTYPE)[:, None] * h
+    return (left + h * (x + 1) / 2).reshape(-1), (h / 2 * w).repeat(num_panels)
+
+
+class LinearBandit:
+    """The linear bandit for a batch of seeds: each seed has its own evaluation states (Monte Carlo)."""
+
+    def __init__(self, spec: LinearBanditSpec, seeds: Sequence[int]) -> None:
+        self.spec, self.seeds = spec, tuple(seeds)
+        self.num_actions, self.state_dim = spec.num_actions, spec.state_dim
+        self.theta_star = spec.theta_star_tensor
+        self.log_ref = torch.full((self.num_actions,), -math.log(self.num_actions), dtype=DTYPE)  # uniform
+        S = len(self.seeds)
+        if spec.evaluation == "quadrature":
+            nodes, weights = gauss_legendre(spec.quadrature_panels)
+            eval_states = nodes[None, :, None].expand(S, -1, 1)
+            self.eval_weights: Tensor | None = weights.expand(S, -1)
+        else:
+            eval_states = per_seed(self.seeds, "eval", lambda g: self.sample_states(g, spec.num_eval_states))
+            self.eval_weights = None
+        self.eval_features = self.policy_features(eval_states)
+        self.eval_rewards = self.true_rewards(eval_states)
+
+    def sample_states(self, gen: torch.Generator, n: int) -> Tensor:
+        return torch.rand(n, self.state_dim, generator=gen, dtype=DTYPE)
+
+    def reward_features(self, states: Tensor) -> Tensor:
+        return features(states, self.num_actions)
+
+    def policy_features(self, states: Tensor) -> Tensor:
+        """What `policy_logits` consumes: phi_pi(s, .) [S, N, K, D]."""
+        return features(states, self.num_actions, flip=self.spec.features == "flip")
+
+    def true_rewards(self, states: Tensor) -> Tensor:
+        """r(s, a) = phi_r(s, a) . theta*, [S, N, K]."""
+        return self.reward_features(states) @ self.theta_star
+
+    def init_policy(self) -> Params:
+        """theta ~ U(0, 1)^D per seed (bandits.md)."""
+        D = 2 * self.state_dim
+        return {"theta": per_seed(self.seeds, "policy_init", lambda g: torch.rand(D, generator=g, dtype=DTYPE))}
+
+    @staticmethod
+    def policy_logits(params: Params, policy_features: Tensor) -> Tensor:
+        return torch.einsum("snkd,sd->snk", policy_features, params["theta"])
+
+    def evaluate(self, params: Params, beta: float) -> dict[str, Tensor]:
+        logits = self.policy_logits(params, self.eval_features)
+        return evaluate_policy(logits, self.eval_rewards, self.log_ref, beta, self.eval_weights)
+
+    def best_in_class_gap(self) -> Tensor:
+        """V(pi*) - max_theta V(pi_theta) per seed, on the seed's own evaluation states ([S])."""
+        theta, _ = best_in_class(self.spec)
+        params = {"theta": theta.expand(len(self.seeds), -1)}
+        return self.evaluate(params, beta=0.0)["gap"]
+
+
+@functools.lru_cache(maxsize=16)
+def best_in_class(spec: LinearBanditSpec) -> tuple[Tensor, float]:
+    """argmax_theta V(pi_theta) and its value: the best policy the class can express (no KL).
+
+    V is not concave in theta, and its supremum may sit at infinity (a deterministic policy). So: batched
+    L-BFGS from 48 starts at scales 0.3 to 100, plus (D = 2) a grid of 7,200 directions at |theta| = 1e6,
+    i.e. the deterministic policies; the best of all. Exact quadrature for d_s = 1, else 20,000 fixed
+    Monte Carlo states. bandits.md: the flip case leaves a gap of about 0.08.
+    """
+    K, d, D = spec.num_actions, spec.state_dim, 2 * spec.state_dim
+    if d == 1:
+        nodes, weights = gauss_legendre(spec.quadrature_panels)
+        states = nodes[:, None]
+    else:
+        states = torch.rand(20_000, d, generator=generator(0, "best_in_class"), dtype=DTYPE)
+        weights = torch.full((20_000,), 1 / 20_000, dtype=DTYPE)
+    phi = features(states, K, flip=spec.features == "flip")
+    r = features(states, K) @ spec.theta_star_tensor
+
+    def value(theta: Tensor) -> Tensor:
+        pi = torch.softmax(torch.einsum("qkd,bd->bqk", phi, theta), dim=-1)
+        return (pi * r).sum(-1) @ weights
+
+    gen = generator(0, "best_in_class_starts")
+    directions = torch.randn(8, D, generator=gen, dtype=DTYPE)
+    directions = directions / directions.norm(dim=1, keepdim=True)
+    scales = torch.tensor([0.3, 1.0, 3.0, 10.0, 30.0, 100.0], dtype=DTYPE)
+    starts = (scales[:, None, None] * directions[None]).reshape(-1, D)
+    found, _ = lbfgs({"theta": starts}, lambda p, _: -value(p["theta"]), LBFGSSpec(max_iterations=300))
+    candidates = [found["theta"]]
+    if D == 2:
+        angle = torch.linspace(0, 2 * math.pi, 7201, dtype=DTYPE)[:-1]
+        candidates.append(1e6 * torch.stack([angle.cos(), angle.sin()], dim=1))
+    thetas = torch.cat(candidates)
+    values = torch.cat([value(c) for c in thetas.split(512)])
+    best = int(values.argmax())
+    return thetas[best], float(values[best])

@@ -1,0 +1,170 @@
+"""The experiment schema: every section's spec, and ExperimentConfig assembled from the algorithm registry."""
+
+from __future__ import annotations
+
+import functools
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import Field, create_model, model_validator
+
+from alignkit.config.base import Spec
+from alignkit.data.spec import DataSpec
+from alignkit.models.spec import ModelSpec
+
+MODEL_SECTIONS = ("policy", "reference", "critic", "reward_model")
+
+
+class OptimizerSpec(Spec):
+    name: Literal["adamw", "adam", "sgd"] = Field("adamw", description="Optimizer (torch.optim).")
+    lr: float = Field(1e-5, gt=0, description="Peak learning rate.")
+    weight_decay: float = Field(0.0, ge=0, description="Decoupled weight decay (adamw) or L2 (adam, sgd).")
+    betas: tuple[float, float] = Field((0.9, 0.999), description="Adam betas.")
+    eps: float = Field(1e-8, gt=0, description="Adam epsilon.")
+    momentum: float = Field(0.0, ge=0, description="SGD momentum.")
+
+
+class SchedulerSpec(Spec):
+    name: Literal["constant", "constant_with_warmup", "linear", "cosine"] = Field(
+        "constant", description="Learning-rate schedule over the run (transformers.get_scheduler)."
+    )
+    warmup_steps: int = Field(0, ge=0, description="Linear warm-up steps (optimizer steps).")
+    warmup_ratio: float = Field(0.0, ge=0, lt=1, description="Warm-up as a share of all steps; exclusive with warmup_steps.")
+
+    @model_validator(mode="after")
+    def _one_warmup(self) -> SchedulerSpec:
+        if self.warmup_steps and self.warmup_ratio:
+            raise ValueError("set warmup_steps or warmup_ratio, not both")
+        return self
+
+
+class TrainerSpec(Spec):
+    max_steps: int | None = Field(None, gt=0, description="Optimizer steps to train for; overrides max_epochs.")
+    max_epochs: int | None = Field(None, gt=0, description="Passes over the training data (1 when neither is set).")
+    prompts_per_step: int = Field(
+        8, gt=0, description="Global batch: prompts (or pairs, or examples) per optimizer step, over all devices."
+    )
+    micro_batch_size: int = Field(
+        8, gt=0, description="Per-device batch of one forward pass; accumulation = prompts_per_step / (micro * devices)."
+    )
+    optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec, description="Optimizer.")
+    scheduler: SchedulerSpec = Field(default_factory=SchedulerSpec, description="Learning-rate schedule.")
+    gradient_clip_val: float | None = Field(1.0, gt=0, description="Clip the global gradient norm to this; null = off.")
+    seed: int = Field(0, description="Seed for data order, sampling and anything random in training.")
+    eval_every_n_steps: int | None = Field(
+        None, gt=0, description="Evaluate on the held-out split every N optimizer steps (default: each epoch end)."
+    )
+    limit_eval_batches: int | None = Field(None, gt=0, description="Evaluate on at most this many batches.")
+    log_every_n_steps: int = Field(5, gt=0, description="Log training metrics every N optimizer steps.")
+
+    @model_validator(mode="after")
+    def _batch_divides(self) -> TrainerSpec:
+        if self.prompts_per_step % self.micro_batch_size:
+            raise ValueError(
+                f"prompts_per_step ({self.prompts_per_step}) must be a multiple of micro_batch_size "
+                f"({self.micro_batch_size}); e.g. set prompts_per_step to "
+                f"{self.micro_batch_size * max(1, round(self.prompts_per_step / self.micro_batch_size))}"
+            )
+        return self
+
+
+class FSDPSpec(Spec):
+    activation_checkpointing: bool = Field(False, description="Recompute each block's activations in backward.")
+    cpu_offload: bool = Field(False, description="Keep sharded parameters and optimizer state in CPU memory.")
+    reshard_after_forward: bool = Field(True, description="Free gathered parameters after forward (ZeRO-3); false = ZeRO-2.")
+
+
+class HardwareSpec(Spec):
+    accelerator: Literal["auto", "cpu", "gpu", "cuda", "mps"] = Field("auto", description="Device kind.")
+    devices: int | Literal["auto"] = Field(1, description="Devices (processes) per node; 'auto' = all visible.")
+    num_nodes: int = Field(1, gt=0, description="Machines; launched by torchrun or SLURM, as Lightning does.")
+    strategy: Literal["auto", "single", "ddp", "fsdp"] = Field(
+        "auto", description="single device, DDP, or FSDP2 (fully_shard) through Lightning's ModelParallelStrategy."
+    )
+    precision: Literal["32-true", "bf16-mixed", "16-mixed", "bf16-true"] = Field(
+        "32-true", description="Numeric precision (Lightning's names)."
+    )
+    fsdp: FSDPSpec = Field(default_factory=FSDPSpec, description="FSDP2 options (strategy: fsdp only).")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> HardwareSpec:
+        if isinstance(self.devices, int) and self.devices < 1:
+            raise ValueError(f"devices must be at least 1 (got {self.devices})")
+        if self.strategy == "single" and (self.devices != 1 or self.num_nodes != 1):
+            raise ValueError("strategy 'single' runs on one device: set devices: 1, num_nodes: 1, or strategy: ddp")
+        if self.strategy == "fsdp" and self.precision == "16-mixed":
+            raise ValueError("strategy 'fsdp' supports precision 32-true, bf16-mixed or bf16-true, not 16-mixed")
+        return self
+
+    def world_size(self) -> int | None:
+        return None if self.devices == "auto" else self.devices * self.num_nodes
+
+
+class LoggingSpec(Spec):
+    root: str = Field("runs", description="Runs go to <root>/<name>/<version>/.")
+    version: str | None = Field(None, description="Run version directory; default the next free version_N.")
+    progress_bar: bool = Field(True, description="Show Lightning's progress bar.")
+
+
+class CheckpointSpec(Spec):
+    every_n_steps: int | None = Field(None, gt=0, description="Save a checkpoint every N optimizer steps.")
+    keep: int = Field(2, ge=1, description="How many step checkpoints to keep (last.ckpt is always kept).")
+    resume: str = Field(
+        "none",
+        description="'none': new run; 'auto': continue the newest unfinished run of this name; or a .ckpt path.",
+    )
+    export_hf: bool = Field(True, description="Save the trained model in Hugging Face format (safetensors) at the end.")
+
+
+class ExperimentBase(Spec):
+    """Sections shared by every experiment; `algorithm` is added from the registry."""
+
+    name: str = Field(description="Experiment name; runs go to <logging.root>/<name>/. Defaults to the file's stem.")
+    description: str = Field("", description="Free text, shown by `alignkit show`.")
+    policy: ModelSpec | None = Field(None, description="The model being trained (SFT, DPO, PPO's actor, ...).")
+    reference: ModelSpec | None = Field(None, description="Frozen reference model; default: a copy of the policy.")
+    critic: ModelSpec | None = Field(None, description="Value model (PPO).")
+    reward_model: ModelSpec | None = Field(None, description="Scalar-head reward model (trained or frozen).")
+    data: DataSpec | None = Field(None, description="Training and held-out data.")
+    trainer: TrainerSpec = Field(default_factory=TrainerSpec, description="Steps, batch sizes, optimizer, schedule.")
+    hardware: HardwareSpec = Field(default_factory=HardwareSpec, description="Devices and parallelism.")
+    logging: LoggingSpec = Field(default_factory=LoggingSpec, description="Where runs and TensorBoard logs go.")
+    checkpoint: CheckpointSpec = Field(default_factory=CheckpointSpec, description="Checkpoints, resume, export.")
+
+    @model_validator(mode="after")
+    def _sections_match_algorithm(self) -> ExperimentBase:
+        from alignkit.algorithms import ALGORITHMS
+
+        algo = ALGORITHMS.get(self.algorithm.name)  # type: ignore[attr-defined]
+        # Cross-section checks: each line is "path: message", split into separate problems by errors.py.
+        found = [f"{s}: required by algorithm '{algo.name}'" for s in algo.required_models if getattr(self, s) is None]
+        found += [
+            f"{s}: not used by algorithm '{algo.name}' (it uses: {', '.join(algo.models)}); remove this section"
+            for s in MODEL_SECTIONS
+            if getattr(self, s) is not None and s not in algo.models
+        ]
+        if algo.records is not None and self.data is None:
+            found.append(f"data: required by algorithm '{algo.name}', which trains on {algo.records} records")
+        world = self.hardware.world_size()
+        step = self.trainer.micro_batch_size * (world or 1)
+        if world and self.trainer.prompts_per_step % step:
+            found.append(
+                f"trainer.prompts_per_step: must be a multiple of micro_batch_size x devices x num_nodes = {step} "
+                f"(got {self.trainer.prompts_per_step})"
+            )
+        if found:
+            raise ValueError("\n".join(found))
+        return self
+
+
+@functools.cache
+def experiment_schema() -> type[ExperimentBase]:
+    """ExperimentConfig with `algorithm` as a union of every registered algorithm's Config, tagged by `name`."""
+    from alignkit.algorithms import ALGORITHMS
+
+    configs = tuple(ALGORITHMS.get(n).Config for n in ALGORITHMS.names())
+    union: Any = configs[0] if len(configs) == 1 else Annotated[Union[configs], Field(discriminator="name")]  # noqa: UP007
+    return create_model(
+        "ExperimentConfig",
+        __base__=ExperimentBase,
+        algorithm=(union, Field(description="Which algorithm trains, with its own options; chosen by `name`.")),
+    )

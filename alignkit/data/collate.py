@@ -1,0 +1,61 @@
+"""Padding tokenized rows into batches of tensors, on either side, for every record kind."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from torch.nn.utils.rnn import pad_sequence
+
+from alignkit.data.spec import RecordKind
+
+# The token sequences each kind carries, by column prefix; preference rows carry two.
+PREFIXES: dict[str, tuple[str, ...]] = {
+    "completion": ("",),
+    "unpaired": ("",),
+    "preference": ("chosen_", "rejected_"),
+    "prompt": ("prompt_",),
+}
+
+
+def pad(seqs: list[list[int]], value: int, side: Literal["left", "right"]) -> torch.Tensor:
+    """[B, T] long tensor of `seqs` padded with `value` to the longest one."""
+    tensors = [torch.tensor(s, dtype=torch.long) for s in seqs]
+    return pad_sequence(tensors, batch_first=True, padding_value=value, padding_side=side)
+
+
+@dataclass(frozen=True)
+class Collator:
+    """Rows -> dict of tensors: `<prefix>input_ids`, `<prefix>attention_mask`, `<prefix>completion_mask`.
+
+    Preference rows pad chosen and rejected to one length T, so the two can be concatenated along the
+    batch for a single forward pass. `padding_side=None` means left for prompts (generation appends on
+    the right) and right otherwise.
+    """
+
+    kind: RecordKind
+    pad_token_id: int
+    padding_side: Literal["left", "right"] | None = None
+
+    def __call__(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        side = self.padding_side or ("left" if self.kind == "prompt" else "right")
+        prefixes = PREFIXES[self.kind]
+        ids = [row[f"{p}input_ids"] for p in prefixes for row in rows]
+        columns = {
+            "input_ids": pad(ids, self.pad_token_id, side),
+            "attention_mask": pad([[1] * len(s) for s in ids], 0, side),
+        }
+        if self.kind != "prompt":
+            columns["completion_mask"] = pad(
+                [row[f"{p}completion_mask"] for p in prefixes for row in rows], 0, side
+            )
+        batch = {}
+        for name, tensor in columns.items():
+            for p, part in zip(prefixes, tensor.split(len(rows)), strict=True):
+                batch[f"{p}{name}"] = part
+        if self.kind == "unpaired":
+            batch["label"] = torch.tensor([row["label"] for row in rows], dtype=torch.bool)
+        if self.kind == "preference" and "margin" in rows[0]:
+            batch["margin"] = torch.tensor([row["margin"] for row in rows], dtype=torch.float)
+        return batch

@@ -1,0 +1,118 @@
+"""Build, load and save tokenizers, causal LMs and scalar-head (reward / value) models from a ModelSpec."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    PretrainedConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    PreTrainedTokenizerFast,
+)
+from transformers.models.auto.tokenization_auto import get_tokenizer_config
+
+from alignkit.models.architectures import ARCHITECTURES, SIZE_FIELDS
+from alignkit.models.spec import ModelSpec
+from alignkit.models.tokenizer import byte_tokenizer
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def load_tokenizer(spec: ModelSpec) -> PreTrainedTokenizerBase:
+    """The spec's tokenizer, with a pad token guaranteed (the EOS token when the tokenizer has none)."""
+    if spec.tokenizer == "byte":
+        tokenizer = byte_tokenizer()
+    elif get_tokenizer_config(spec.tokenizer).get("tokenizer_class") == "TokenizersBackend":
+        # A plain tokenizer.json (the byte tokenizer saves as one). AutoTokenizer would pick the class from
+        # config.json's model_type for some types (qwen2 -> Qwen2Tokenizer, which adds an NFC normalizer and
+        # an <|endoftext|> token past the model's vocabulary), so it is loaded as saved instead.
+        tokenizer = PreTrainedTokenizerFast.from_pretrained(spec.tokenizer)
+    else:
+        tokenizer = AutoTokenizer.from_pretrained(spec.tokenizer)
+    if tokenizer.pad_token is None:
+        if tokenizer.eos_token is None:
+            raise ValueError(f"tokenizer '{spec.tokenizer}' has neither a pad nor an EOS token; add a pad")
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def model_config(spec: ModelSpec, tokenizer: PreTrainedTokenizerBase, **extra: Any) -> PretrainedConfig:
+    """The transformers config of an `architecture` spec: its sizes, the tokenizer's vocabulary and ids."""
+    if spec.architecture is None:
+        raise ValueError("model_config needs `architecture`; a checkpoint at `path` has its own config")
+    arch = ARCHITECTURES.get(spec.architecture)
+    return AutoConfig.for_model(
+        arch.model_type,
+        vocab_size=len(tokenizer),
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        **arch.config_kwargs({k: getattr(spec, k) for k in SIZE_FIELDS}),
+        **extra,
+    )
+
+
+def _build(
+    auto_class: Any, spec: ModelSpec, tokenizer: PreTrainedTokenizerBase, **extra: Any
+) -> PreTrainedModel:
+    load = {"dtype": DTYPES[spec.dtype], "attn_implementation": spec.attn_implementation}
+    # Seeded inside a forked RNG: identical weights for one seed, and the caller's RNG stream untouched.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(spec.init_seed)
+        if spec.path is not None:
+            model = auto_class.from_pretrained(spec.path, **load, **extra)
+        else:
+            model = auto_class.from_config(model_config(spec, tokenizer, **extra), **load)
+    rows = model.get_input_embeddings().num_embeddings
+    if len(tokenizer) > rows:
+        raise ValueError(
+            f"tokenizer '{spec.tokenizer}' has {len(tokenizer)} tokens but the model embeds only {rows}; "
+            "use the tokenizer the checkpoint was trained with"
+        )
+    if model.config.pad_token_id is None:  # sequence-classification heads need it on batches
+        model.config.pad_token_id = tokenizer.pad_token_id
+    return model
+
+
+def build_causal_lm(spec: ModelSpec, tokenizer: PreTrainedTokenizerBase) -> PreTrainedModel:
+    """A causal LM (policy or reference): loaded from `spec.path`, or built with seeded random weights."""
+    return _build(AutoModelForCausalLM, spec, tokenizer)
+
+
+def build_scalar_model(spec: ModelSpec, tokenizer: PreTrainedTokenizerBase) -> PreTrainedModel:
+    """A backbone plus a linear `score` head to one number (reward model or critic).
+
+    It is `AutoModelForSequenceClassification` with `num_labels=1`, what the Hugging Face ecosystem loads
+    as a reward model. From a causal-LM checkpoint the backbone is loaded and the head is new, seeded by
+    `init_seed`.
+    """
+    return _build(AutoModelForSequenceClassification, spec, tokenizer, num_labels=1)
+
+
+def save_hf(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    directory: str | Path,
+    state_dict: dict[str, torch.Tensor] | None = None,
+) -> Path:
+    """Write model (safetensors) and tokenizer so that `AutoModel*/AutoTokenizer.from_pretrained` load them.
+
+    `state_dict` overrides the model's own, e.g. a full state dict gathered from sharded (FSDP) weights.
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(directory, state_dict=state_dict)  # transformers 5 writes only safetensors
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+def count_parameters(model: torch.nn.Module, trainable_only: bool = False) -> int:
+    """Number of parameters, each shared (tied) tensor counted once."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)

@@ -1,0 +1,123 @@
+"""ModelSpec: which model to load or build, checked from the config alone before anything loads."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from alignkit.config.base import Spec
+from alignkit.models.architectures import ARCHITECTURES, SIZE_FIELDS
+
+
+def _divisors(n: int) -> str:
+    return ", ".join(str(d) for d in range(1, n + 1) if n % d == 0)
+
+
+class ModelSpec(Spec):
+    """A Hugging Face checkpoint (`path`) or a registered architecture built with random weights."""
+
+    preset: str | None = Field(
+        None,
+        description="Name of a YAML preset in registry/models/; the config loader merges its keys under "
+        "yours before validation, so this is kept only as a record.",
+    )
+    path: str | None = Field(
+        None, description="Local Hugging Face checkpoint directory (or a hub id where the network allows)."
+    )
+    architecture: str | None = Field(
+        None,
+        description="Registered architecture (llama, qwen2, gpt2, ...) built from its config with random "
+        "weights; set this or `path`.",
+    )
+    tokenizer: Literal["byte"] | str = Field(
+        "byte",
+        description="'byte': the built-in byte-level tokenizer (259 tokens); otherwise a local tokenizer "
+        "directory. Left unset alongside `path`, it becomes `path` (the tokenizer saved with the model).",
+    )
+    hidden_size: int | None = Field(
+        None, gt=0, description="Width of the residual stream (None: architecture default)."
+    )
+    num_layers: int | None = Field(
+        None, gt=0, description="Number of transformer blocks (None: architecture default)."
+    )
+    num_heads: int | None = Field(
+        None, gt=0, description="Attention heads; must divide hidden_size (None: architecture default)."
+    )
+    num_kv_heads: int | None = Field(
+        None,
+        gt=0,
+        description="Key/value heads for grouped-query attention; must divide num_heads (None: architecture "
+        "default; not for gpt2).",
+    )
+    intermediate_size: int | None = Field(
+        None, gt=0, description="Width of the MLP (None: architecture default)."
+    )
+    max_position_embeddings: int | None = Field(
+        None, gt=0, description="Longest sequence the positions cover (None: architecture default)."
+    )
+    init_seed: int = Field(
+        0,
+        ge=0,
+        description="Seed for random initial weights (an `architecture` model, or a fresh score head on a "
+        "causal-LM checkpoint); the same seed gives the same weights.",
+    )
+    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="Parameter dtype.")
+    attn_implementation: Literal["eager", "sdpa"] = Field(
+        "sdpa", description="Attention kernel: 'sdpa' (torch's fused attention) or 'eager' (plain matmuls)."
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _tokenizer_defaults_to_path(cls, data: Any) -> Any:
+        # Written into the spec (not decided at load time) so that the resolved config says what ran.
+        if isinstance(data, dict) and data.get("path") and "tokenizer" not in data:
+            return {**data, "tokenizer": data["path"]}
+        return data
+
+    @field_validator("architecture")
+    @classmethod
+    def _known_architecture(cls, name: str | None) -> str | None:
+        if name is not None and name not in ARCHITECTURES:
+            raise ValueError(ARCHITECTURES.unknown_message(name))
+        return name
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ModelSpec:
+        overrides = {k: getattr(self, k) for k in SIZE_FIELDS}
+        problems = []
+        if (self.path is None) == (self.architecture is None):
+            got = "both" if self.path else "neither"
+            problems.append(
+                f"path, architecture: set exactly one (got {got}); `path` loads a Hugging Face checkpoint, "
+                f"`architecture` ({', '.join(ARCHITECTURES.names())}) builds one with random weights"
+            )
+        if self.path is not None:
+            problems += [
+                f"{k}: sizes apply only to a model built from `architecture` (got {v}); a checkpoint at "
+                f"`path` keeps its own config, so remove it"
+                for k, v in overrides.items()
+                if v is not None
+            ]
+        if self.architecture is not None:
+            arch = ARCHITECTURES.get(self.architecture)
+            if self.num_kv_heads is not None and "num_kv_heads" not in arch.names:
+                problems.append(
+                    f"num_kv_heads: architecture '{self.architecture}' has no grouped-query attention "
+                    f"(got {self.num_kv_heads}); remove it"
+                )
+            size = arch.sizes(overrides)
+            hidden, heads, kv = size["hidden_size"], size["num_heads"], size.get("num_kv_heads")
+            if hidden % heads:
+                problems.append(
+                    f"num_heads: must divide hidden_size (got num_heads={heads}, hidden_size={hidden}); "
+                    f"allowed: {_divisors(hidden)}"
+                )
+            if kv is not None and heads % kv:
+                problems.append(
+                    f"num_kv_heads: must divide num_heads (got num_kv_heads={kv}, num_heads={heads}); "
+                    f"allowed: {_divisors(heads)}"
+                )
+        if problems:
+            raise ValueError("\n".join(problems))
+        return self

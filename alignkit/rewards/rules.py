@@ -1,0 +1,35 @@
+"""Rule rewards: plain Python functions `fn(prompts, completions, **args) -> list[float]`, registered by name."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+
+from alignkit.registry import Registry
+
+RuleReward = Callable[..., list[float]]
+REWARDS: Registry[RuleReward] = Registry("reward")
+
+
+@REWARDS.register("length_target")
+def length_target(prompts: Sequence[str], completions: Sequence[str], target: int = 32) -> list[float]:
+    """1 at exactly `target` characters, falling linearly to 0 at 0 and 2*target characters (and below 0 past)."""
+    return [1.0 - abs(len(c) - target) / target for c in completions]
+
+
+@REWARDS.register("regex_match")
+def regex_match(prompts: Sequence[str], completions: Sequence[str], pattern: str = r".+") -> list[float]:
+    """1 when the whole completion (stripped) matches `pattern`, else 0: format rewards."""
+    compiled = re.compile(pattern, re.DOTALL)
+    return [1.0 if compiled.fullmatch(c.strip()) else 0.0 for c in completions]
+
+
+@REWARDS.register("keyword_count")
+def keyword_count(
+    prompts: Sequence[str], completions: Sequence[str], words: Sequence[str] = (), weight: float = 1.0
+) -> list[float]:
+    """weight x number of whole-word occurrences of any of `words` in the completion (case-insensitive)."""
+    if not words:
+        return [0.0 for _ in completions]
+    pattern = re.compile(r"\b(" + "|".join(re.escape(w) for w in words) + r")\b", re.IGNORECASE)
+    return [weight * len(pattern.findall(c)) for c in completions]

@@ -1,0 +1,262 @@
+"""The one place config turns into objects: run directory, models, data, algorithm, Trainer.fit, export."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import yaml
+from lightning.pytorch.callbacks import ModelCheckpoint, OnExceptionCheckpoint
+from lightning.pytorch.loggers import TensorBoardLogger
+from torch import nn
+
+from alignkit.algorithms import ALGORITHMS, AlignModule
+from alignkit.callbacks import PerfMonitor, read_status, write_status
+from alignkit.data import Collator, build_datasets
+from alignkit.data.loader import ResumableLoader, ShardedSampler
+from alignkit.hardware import trainer_kwargs
+from alignkit.models import build_causal_lm, build_scalar_model, load_tokenizer, save_hf
+
+# A process started by Lightning's launcher for ranks > 0 re-runs the same command; these tell it which
+# run directory and checkpoint rank 0 chose, so that it does not pick a new version.
+_ENV_RUN_DIR, _ENV_CKPT = "ALIGNKIT_RUN_DIR", "ALIGNKIT_RESUME_CKPT"
+CAUSAL_SECTIONS, SCALAR_SECTIONS = ("policy", "reference"), ("critic", "reward_model")
+
+
+class RunError(RuntimeError):
+    """A run that cannot start as configured (e.g. its directory exists); says what to change."""
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    exports: dict[str, Path]
+    metrics: dict[str, float]
+    global_step: int
+
+
+def is_rank_zero() -> bool:
+    return all(os.environ.get(v, "0") == "0" for v in ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID"))
+
+
+def _versions(root: Path) -> list[Path]:
+    runs = [p for p in root.glob("version_*") if p.is_dir() and re.fullmatch(r"version_\d+", p.name)]
+    return sorted(runs, key=lambda p: int(p.name.split("_")[1]))
+
+
+def resolve_run_dir(cfg: Any) -> tuple[Path, Path | None]:
+    """(run directory, checkpoint to resume from or None). A finished or existing run is never overwritten."""
+    if os.environ.get(_ENV_RUN_DIR) and not is_rank_zero():
+        ckpt = os.environ.get(_ENV_CKPT)
+        return Path(os.environ[_ENV_RUN_DIR]), Path(ckpt) if ckpt else None
+    root = Path(cfg.logging.root) / cfg.name
+    resume = cfg.checkpoint.resume
+    if resume == "auto":
+        for run in reversed(_versions(root)):
+            last = run / "checkpoints" / "last.ckpt"
+            if last.exists() and read_status(run) != "finished":
+                return run, last
+    elif resume != "none":
+        ckpt = Path(resume)
+        if not ckpt.exists():
+            raise RunError(f"checkpoint.resume: {ckpt} does not exist; give a .ckpt path, 'auto' or 'none'")
+        if ckpt.parent.name == "checkpoints" and read_status(ckpt.parent.parent) != "finished":
+            return ckpt.parent.parent, ckpt
+        return _new_run_dir(cfg, root), ckpt
+    return _new_run_dir(cfg, root), None
+
+
+def _new_run_dir(cfg: Any, root: Path) -> Path:
+    if cfg.logging.version:
+        run = root / cfg.logging.version
+        if run.exists():
+            raise RunError(
+                f"{run} exists and runs are never overwritten: set another logging.version, leave it unset for "
+                "the next free version_N, or continue it with checkpoint.resume=auto"
+            )
+        return run
+    versions = _versions(root)
+    return root / f"version_{int(versions[-1].name.split('_')[1]) + 1 if versions else 0}"
+
+
+def environment() -> dict[str, Any]:
+    """Library versions, git commit and command line, written beside every run."""
+    libs = ["alignkit", "torch", "lightning", "transformers", "datasets", "pydantic", "omegaconf", "tokenizers"]
+    versions = {}
+    for lib in libs:
+        try:
+            versions[lib] = metadata.version(lib)
+        except metadata.PackageNotFoundError:
+            versions[lib] = None
+    git: dict[str, Any] = {}
+    try:
+        here = Path(__file__).resolve().parent
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
+        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=here, capture_output=True, text=True, timeout=5)
+        if sha.returncode == 0:
+            git = {"commit": sha.stdout.strip(), "dirty": bool(dirty.stdout.strip())}
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return {
+        "versions": versions,
+        "git": git or None,
+        "python": platform.python_version(),
+        "host": platform.node(),
+        "argv": sys.argv,
+    }
+
+
+def build_models(cfg: Any, algorithm: type[AlignModule]) -> tuple[dict[str, nn.Module], Any]:
+    """The models an algorithm uses, from their sections; a missing `reference` is a copy of the policy."""
+    sections = [s for s in algorithm.models if getattr(cfg, s) is not None]
+    tokenizer = load_tokenizer(getattr(cfg, sections[0]))
+    models: dict[str, nn.Module] = {}
+    for section in algorithm.models:
+        spec = getattr(cfg, section)
+        if spec is None:
+            if section == "reference" and "policy" in models:
+                models[section] = copy.deepcopy(models["policy"])
+            continue
+        build = build_causal_lm if section in CAUSAL_SECTIONS else build_scalar_model
+        models[section] = build(spec, tokenizer)
+    return models, tokenizer
+
+
+class AlignData(L.LightningDataModule):
+    """Tokenized train/eval sets, batched per device with a resumable, rank-aware shuffle."""
+
+    def __init__(self, train: Any, eval_set: Any, collator: Collator, micro_batch_size: int, seed: int) -> None:
+        super().__init__()
+        self.train_set, self.eval_set = train, eval_set
+        self.collator, self.micro_batch_size, self.seed = collator, micro_batch_size, seed
+
+    def _loader(self, dataset: Any, shuffle: bool) -> ResumableLoader:
+        sampler = ShardedSampler(
+            len(dataset), rank=self.trainer.global_rank, world=self.trainer.world_size, seed=self.seed, shuffle=shuffle
+        )
+        return ResumableLoader(dataset, sampler, self.micro_batch_size, collate_fn=self.collator)
+
+    def train_dataloader(self) -> ResumableLoader:
+        return self._loader(self.train_set, shuffle=True)
+
+    def val_dataloader(self) -> Any:
+        return self._loader(self.eval_set, shuffle=False) if self.eval_set is not None else []
+
+
+def _export(module: AlignModule, trainer: L.Trainer, run_dir: Path) -> dict[str, Path]:
+    """Hugging Face format (safetensors + tokenizer) of every trained model, under <run>/hf/<section>/."""
+    from lightning.pytorch.strategies import ModelParallelStrategy
+
+    exports = {}
+    for section in module.trained:
+        model, out = getattr(module, section), run_dir / "hf" / section
+        if isinstance(trainer.strategy, ModelParallelStrategy):
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+            # every rank takes part in gathering the shards; rank 0 writes
+            full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+            if trainer.is_global_zero:
+                model.save_pretrained(out, state_dict=full, safe_serialization=True)
+                module.tokenizer.save_pretrained(out)
+        elif trainer.is_global_zero:
+            save_hf(model, module.tokenizer, out)
+        exports[section] = out
+    trainer.strategy.barrier()
+    return exports
+
+
+def run(cfg: Any) -> RunResult:
+    """Train one validated ExperimentConfig end to end; returns where everything went."""
+    algorithm = ALGORITHMS.get(cfg.algorithm.name)
+    run_dir, ckpt = resolve_run_dir(cfg)
+    rank_zero = is_rank_zero()
+    if rank_zero:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        resolved = yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+        name = "config.yaml" if not (run_dir / "config.yaml").exists() else f"config.resume{len(list(run_dir.glob('config*.yaml')))}.yaml"
+        (run_dir / name).write_text(resolved)
+        (run_dir / "environment.json").write_text(json.dumps(environment(), indent=2) + "\n")
+        write_status(run_dir, "running", resumed_from=str(ckpt) if ckpt else None)
+        os.environ[_ENV_RUN_DIR] = str(run_dir)
+        os.environ[_ENV_CKPT] = str(ckpt) if ckpt else ""
+    try:
+        result = _fit(cfg, algorithm, run_dir, ckpt)
+    except BaseException as exc:
+        if rank_zero:
+            write_status(run_dir, "failed", error=f"{type(exc).__name__}: {exc}"[:2000])
+        raise
+    finally:
+        if rank_zero:
+            os.environ.pop(_ENV_RUN_DIR, None)
+            os.environ.pop(_ENV_CKPT, None)
+    if rank_zero:
+        write_status(run_dir, "finished", global_step=result.global_step, metrics=result.metrics)
+    return result
+
+
+def _fit(cfg: Any, algorithm: type[AlignModule], run_dir: Path, ckpt: Path | None) -> RunResult:
+    t = cfg.trainer
+    L.seed_everything(t.seed, workers=True, verbose=False)
+    models, tokenizer = build_models(cfg, algorithm)
+    train_set, eval_set = build_datasets(cfg.data, algorithm.records, tokenizer, seed=t.seed)
+    data = AlignData(train_set, eval_set, Collator(algorithm.records, tokenizer.pad_token_id), t.micro_batch_size, t.seed)
+    module = algorithm(cfg, models, tokenizer)
+
+    hw = trainer_kwargs(cfg.hardware)
+    world = hw["devices"] * hw["num_nodes"]
+    if t.prompts_per_step % (t.micro_batch_size * world):
+        raise RunError(
+            f"trainer.prompts_per_step ({t.prompts_per_step}) must be a multiple of micro_batch_size x world size "
+            f"({t.micro_batch_size} x {world})"
+        )
+    accumulate = t.prompts_per_step // (t.micro_batch_size * world)
+    logger = TensorBoardLogger(
+        save_dir=str(run_dir.parent.parent), name=run_dir.parent.name, version=run_dir.name, default_hp_metric=False
+    )
+    every = cfg.checkpoint.every_n_steps
+    checkpoints = ModelCheckpoint(
+        dirpath=run_dir / "checkpoints",
+        filename="step{step:06d}",
+        auto_insert_metric_name=False,
+        every_n_train_steps=every,
+        save_top_k=cfg.checkpoint.keep if every else 0,
+        monitor="step" if every else None,
+        mode="max",
+        save_last=True,
+    )
+    has_eval = eval_set is not None
+    trainer = L.Trainer(
+        **hw,
+        max_steps=t.max_steps or -1,
+        max_epochs=t.max_epochs or (-1 if t.max_steps else 1),
+        accumulate_grad_batches=accumulate,
+        gradient_clip_val=t.gradient_clip_val,
+        logger=logger,
+        callbacks=[checkpoints, OnExceptionCheckpoint(run_dir / "checkpoints", "on_exception"), PerfMonitor()],
+        val_check_interval=t.eval_every_n_steps * accumulate if (has_eval and t.eval_every_n_steps) else None,
+        check_val_every_n_epoch=None if t.eval_every_n_steps else 1,
+        limit_val_batches=(t.limit_eval_batches or 1.0) if has_eval else 0,
+        log_every_n_steps=t.log_every_n_steps,
+        enable_progress_bar=cfg.logging.progress_bar,
+        num_sanity_val_steps=0,
+        use_distributed_sampler=False,  # ShardedSampler splits the data across ranks itself
+        default_root_dir=str(run_dir),
+    )
+    if trainer.is_global_zero:
+        logger.log_hyperparams({"algorithm": cfg.algorithm.name, "seed": t.seed, "accumulate": accumulate})
+    trainer.fit(module, datamodule=data, ckpt_path=str(ckpt) if ckpt else None)
+    if has_eval and module.last_eval_step != trainer.global_step:
+        trainer.validate(module, datamodule=data, verbose=False)  # the final model is always evaluated
+    exports = _export(module, trainer, run_dir) if cfg.checkpoint.export_hf else {}
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+    return RunResult(run_dir=run_dir, exports=exports, metrics=metrics, global_step=trainer.global_step)
