@@ -73,3 +73,17 @@ def read_status(run_dir: Path) -> str:
         return str(json.loads((run_dir / "run.json").read_text()).get("status", "unknown"))
     except (OSError, ValueError):
         return "unknown"
+
+
+class SaveOnException(L.Callback):
+    """Writes checkpoints/on_exception.ckpt when training raises, so a crash loses at most one step.
+
+    Lightning's OnExceptionCheckpoint also makes every later `fit()` default to ckpt_path="last"; this
+    one does not, so resuming stays the explicit `checkpoint.resume` choice.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        trainer.save_checkpoint(self.path)

@@ -16,12 +16,12 @@ from typing import Any
 
 import lightning as L
 import yaml
-from lightning.pytorch.callbacks import ModelCheckpoint, OnExceptionCheckpoint
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch import nn
 
 from alignkit.algorithms import ALGORITHMS, AlignModule
-from alignkit.callbacks import PerfMonitor, read_status, write_status
+from alignkit.callbacks import PerfMonitor, SaveOnException, read_status, write_status
 from alignkit.data import Collator, build_datasets
 from alignkit.data.loader import ResumableLoader, ShardedSampler
 from alignkit.hardware import trainer_kwargs
@@ -242,7 +242,7 @@ def _fit(cfg: Any, algorithm: type[AlignModule], run_dir: Path, ckpt: Path | Non
         accumulate_grad_batches=accumulate,
         gradient_clip_val=t.gradient_clip_val,
         logger=logger,
-        callbacks=[checkpoints, OnExceptionCheckpoint(run_dir / "checkpoints", "on_exception"), PerfMonitor()],
+        callbacks=[checkpoints, SaveOnException(run_dir / "checkpoints" / "on_exception.ckpt"), PerfMonitor()],
         val_check_interval=t.eval_every_n_steps * accumulate if (has_eval and t.eval_every_n_steps) else None,
         check_val_every_n_epoch=None if t.eval_every_n_steps else 1,
         limit_val_batches=(t.limit_eval_batches or 1.0) if has_eval else 0,
@@ -255,8 +255,10 @@ def _fit(cfg: Any, algorithm: type[AlignModule], run_dir: Path, ckpt: Path | Non
     if trainer.is_global_zero:
         logger.log_hyperparams({"algorithm": cfg.algorithm.name, "seed": t.seed, "accumulate": accumulate})
     trainer.fit(module, datamodule=data, ckpt_path=str(ckpt) if ckpt else None)
-    if has_eval and module.last_eval_step != trainer.global_step:
-        trainer.validate(module, datamodule=data, verbose=False)  # the final model is always evaluated
-    exports = _export(module, trainer, run_dir) if cfg.checkpoint.export_hf else {}
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+    if has_eval and module.last_eval_step != trainer.global_step:
+        # the final model is always evaluated (validate() replaces the callback metrics, hence the merge)
+        trainer.validate(module, datamodule=data, verbose=False)
+        metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1})
+    exports = _export(module, trainer, run_dir) if cfg.checkpoint.export_hf else {}
     return RunResult(run_dir=run_dir, exports=exports, metrics=metrics, global_step=trainer.global_step)

@@ -133,40 +133,94 @@ class LinearBandit:
         return self.evaluate(params, beta=0.0)["gap"]
 
 
+def _tie_aware_rule(theta: Tensor, phi_fn, num_panels: int = 200, grid: int = 4001) -> tuple[Tensor, Tensor]:
+    """Per-theta Gauss-Legendre nodes/weights on [0, 1] (d_s = 1) whose panel edges include the points where
+    the policy's top two logits tie, so a sharp or deterministic softmax integrates to ~1e-10, not ~h.
+
+    theta [B, D] -> nodes, weights [B, Q]. The ties are found as argmax changes on a grid, then bisected.
+    """
+    s = torch.linspace(0, 1, grid, dtype=DTYPE)
+    top = torch.einsum("gkd,bd->bgk", phi_fn(s[:, None]), theta).argmax(-1)
+    change = top[:, 1:] != top[:, :-1]
+    T = max(int(change.sum(1).max()), 1)
+    valid, cell = change.to(DTYPE).topk(T, dim=1)
+    valid = valid > 0
+    lo, hi = s[cell], s[cell + 1]
+    a, b = top.gather(1, cell), top.gather(1, cell + 1)
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        logits = torch.einsum("btkd,bd->btk", phi_fn(mid[..., None]), theta)
+        left = logits.gather(-1, a[..., None]) > logits.gather(-1, b[..., None])
+        lo, hi = torch.where(left[..., 0], mid, lo), torch.where(left[..., 0], hi, mid)
+    ties = torch.where(valid, (lo + hi) / 2, 0.0)
+    uniform = torch.linspace(0, 1, num_panels + 1, dtype=DTYPE).expand(theta.shape[0], -1)
+    edges = torch.cat([uniform, ties], dim=1).sort(dim=1).values
+    x, w = gauss_legendre(1)
+    x, w = 2 * x - 1, 2 * w  # the 5-node rule on [-1, 1]
+    half = (edges[:, 1:] - edges[:, :-1])[..., None] / 2
+    nodes = edges[:, :-1, None] + half * (x + 1)
+    return nodes.flatten(1), (half * w).flatten(1)
+
+
 @functools.lru_cache(maxsize=16)
 def best_in_class(spec: LinearBanditSpec) -> tuple[Tensor, float]:
     """argmax_theta V(pi_theta) and its value: the best policy the class can express (no KL).
 
-    V is not concave in theta, and its supremum may sit at infinity (a deterministic policy). So: batched
-    L-BFGS from 48 starts at scales 0.3 to 100, plus (D = 2) a grid of 7,200 directions at |theta| = 1e6,
-    i.e. the deterministic policies; the best of all. Exact quadrature for d_s = 1, else 20,000 fixed
-    Monte Carlo states. bandits.md: the flip case leaves a gap of about 0.08.
+    V is not concave in theta, and its supremum may sit at infinity (a deterministic policy; it does for
+    the flip case). So, for d_s = 1: batched L-BFGS from 16 starts at scales 0.3 to 100, plus the
+    deterministic policies theta = 1e8 (cos t, sin t) on a grid of 720 directions refined around the best;
+    every candidate is valued by the tie-aware quadrature. For d_s > 1: the L-BFGS starts only, on 20,000
+    fixed Monte Carlo states (an approximation). bandits.md: the flip case leaves a gap of about 0.08.
     """
     K, d, D = spec.num_actions, spec.state_dim, 2 * spec.state_dim
+    flip = spec.features == "flip"
+    theta_star = spec.theta_star_tensor
+
+    def phi_pi(states: Tensor) -> Tensor:
+        return features(states, K, flip=flip)
+
+    def value_on(theta: Tensor, states: Tensor, weights: Tensor) -> Tensor:
+        """V(theta) for theta [B, D] on states [B, Q, d] with weights [B, Q]."""
+        logits = torch.einsum("bqkd,bd->bqk", phi_pi(states), theta)
+        r = features(states, K) @ theta_star
+        return ((torch.softmax(logits, dim=-1) * r).sum(-1) * weights).sum(-1)
+
     if d == 1:
-        nodes, weights = gauss_legendre(spec.quadrature_panels)
+        nodes, weights = gauss_legendre(200)
         states = nodes[:, None]
     else:
         states = torch.rand(20_000, d, generator=generator(0, "best_in_class"), dtype=DTYPE)
         weights = torch.full((20_000,), 1 / 20_000, dtype=DTYPE)
-    phi = features(states, K, flip=spec.features == "flip")
-    r = features(states, K) @ spec.theta_star_tensor
+    phi, r = phi_pi(states), features(states, K) @ theta_star
 
-    def value(theta: Tensor) -> Tensor:
-        pi = torch.softmax(torch.einsum("qkd,bd->bqk", phi, theta), dim=-1)
-        return (pi * r).sum(-1) @ weights
+    def objective(params: Params, _: Tensor | None) -> Tensor:
+        pi = torch.softmax(torch.einsum("qkd,bd->bqk", phi, params["theta"]), dim=-1)
+        return -(pi * r).sum(-1) @ weights
 
     gen = generator(0, "best_in_class_starts")
-    directions = torch.randn(8, D, generator=gen, dtype=DTYPE)
-    directions = directions / directions.norm(dim=1, keepdim=True)
-    scales = torch.tensor([0.3, 1.0, 3.0, 10.0, 30.0, 100.0], dtype=DTYPE)
+    directions = torch.nn.functional.normalize(torch.randn(4, D, generator=gen, dtype=DTYPE), dim=1)
+    scales = torch.tensor([0.3, 3.0, 30.0, 100.0], dtype=DTYPE)
     starts = (scales[:, None, None] * directions[None]).reshape(-1, D)
-    found, _ = lbfgs({"theta": starts}, lambda p, _: -value(p["theta"]), LBFGSSpec(max_iterations=300))
-    candidates = [found["theta"]]
-    if D == 2:
-        angle = torch.linspace(0, 2 * math.pi, 7201, dtype=DTYPE)[:-1]
-        candidates.append(1e6 * torch.stack([angle.cos(), angle.sin()], dim=1))
-    thetas = torch.cat(candidates)
-    values = torch.cat([value(c) for c in thetas.split(512)])
+    found = lbfgs({"theta": starts}, objective, LBFGSSpec(max_iterations=100))[0]["theta"]
+    if d > 1:
+        values = -objective({"theta": found}, None)
+        best = int(values.argmax())
+        return found[best], float(values[best])
+
+    def exact_value(theta: Tensor) -> Tensor:
+        nodes, weights = _tie_aware_rule(theta, phi_pi)
+        return value_on(theta, nodes[..., None], weights)
+
+    def deterministic(angle: Tensor) -> Tensor:
+        return 1e8 * torch.stack([angle.cos(), angle.sin()], dim=1)
+
+    step = 2 * math.pi / 720
+    angle = torch.arange(720, dtype=DTYPE) * step
+    for _ in range(4):  # zoom in around the best direction
+        values = exact_value(deterministic(angle))
+        center = angle[values.argmax()]
+        angle, step = center + step * torch.linspace(-1, 1, 41, dtype=DTYPE), step / 20
+    thetas = torch.cat([found, deterministic(angle)])
+    values = exact_value(thetas)
     best = int(values.argmax())
     return thetas[best], float(values[best])

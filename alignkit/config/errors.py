@@ -1,4 +1,4 @@
-"""Config problems as `path.to.key: what is wrong (got X); allowed: ...; did you mean Y?` lines, all at once."""
+"""Config problems as `path.to.key: what is wrong (got X); allowed: ...; did you mean Y?`, all at once."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
+from pydantic.fields import FieldInfo
+from pydantic_core import PydanticUndefined
 
 from alignkit.registry import did_you_mean
 
@@ -44,6 +46,10 @@ def _short(value: Any, limit: int = 60) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+def _is_union(annotation: Any) -> bool:
+    return typing.get_origin(annotation) in (typing.Union, types.UnionType)
+
+
 def _model_in(annotation: Any, tag: Any = None) -> type[BaseModel] | None:
     """The pydantic model an annotation holds (through Optional, Annotated and tagged unions)."""
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
@@ -51,7 +57,7 @@ def _model_in(annotation: Any, tag: Any = None) -> type[BaseModel] | None:
     origin = typing.get_origin(annotation)
     if origin is typing.Annotated:
         return _model_in(typing.get_args(annotation)[0], tag)
-    if origin in (typing.Union, types.UnionType):
+    if _is_union(annotation):
         models = [m for a in typing.get_args(annotation) if (m := _model_in(a, tag))]
         if tag is not None:
             for m in models:
@@ -62,43 +68,130 @@ def _model_in(annotation: Any, tag: Any = None) -> type[BaseModel] | None:
     return None
 
 
-def _walk(root: type[BaseModel], loc: tuple[Any, ...]) -> tuple[type[BaseModel] | None, tuple[Any, ...]]:
-    """Follow a pydantic error location through the schema; returns the model holding the last key.
+@dataclass
+class _Where:
+    """Where a pydantic error location lands in the schema."""
 
-    Tagged-union steps (the algorithm's `name`) appear in pydantic's locations as an extra element; they
-    are dropped from the returned display location.
+    shown: tuple[Any, ...]  # the YAML path, without tagged-union tags and union-branch labels
+    holder: type[BaseModel] | None  # the model whose key the path ends in (or that lacks an unknown key)
+    field: FieldInfo | None  # that key's field, when the path ends exactly at a known field
+    last: FieldInfo | None  # the last known field on the path (`betas` for `betas[1]`)
+    branch: bool  # a union-branch label was dropped (one error per branch of e.g. `int | Literal['auto']`)
+
+
+def _walk(root: type[BaseModel], loc: tuple[Any, ...]) -> _Where:
+    """Follow a pydantic error location through the schema.
+
+    pydantic adds elements that are no YAML keys: the tag of a tagged union (the algorithm's `name`) and
+    a label per branch of a plain union ('int', "literal['auto']"); both are dropped from the shown path.
     """
     model: type[BaseModel] | None = root
+    holder: type[BaseModel] | None = None
+    field: FieldInfo | None = None
+    last: FieldInfo | None = None
     shown: list[Any] = []
+    branch = False
     i = 0
-    while i < len(loc) - 1 and model is not None:
+    while i < len(loc):
         key = loc[i]
-        shown.append(key)
-        field = model.model_fields.get(key) if isinstance(key, str) else None
-        if field is None:
-            return None, tuple(shown) + tuple(loc[i + 1 :])
-        nxt = loc[i + 1]
-        sub = _model_in(field.annotation, tag=nxt)
-        if sub is not None and "name" in sub.model_fields and _model_in(field.annotation) is None:
-            i += 1  # skip the union tag element
-        model = sub
         i += 1
-    return model, tuple(shown) + tuple(loc[i:])
+        if model is not None and isinstance(key, str) and key in model.model_fields:
+            holder, field = model, model.model_fields[key]
+            last = field
+            shown.append(key)
+            nxt = loc[i] if i < len(loc) else None
+            sub = _model_in(field.annotation, tag=nxt)
+            if nxt is not None and sub is not None and _model_in(field.annotation) is None:
+                i += 1  # the union tag element
+            elif nxt is not None and sub is None and isinstance(nxt, str) and _is_union(field.annotation):
+                i += 1  # the branch label
+                branch = True
+            model = sub
+            continue
+        if model is not None:
+            holder = model  # an unknown key of this model
+        shown.append(key)
+        field, model = None, None
+    return _Where(tuple(shown), holder, field, last, branch)
 
 
-def _allowed_literals(model: type[BaseModel] | None, key: Any) -> list[str]:
-    if model is None or not isinstance(key, str) or key not in model.model_fields:
-        return []
-    values: list[str] = []
+def _literals(annotation: Any) -> list[Any]:
+    if typing.get_origin(annotation) is typing.Literal:
+        return list(typing.get_args(annotation))
+    return [v for a in typing.get_args(annotation) for v in _literals(a)]
 
-    def collect(a: Any) -> None:
-        if typing.get_origin(a) is typing.Literal:
-            values.extend(str(v) for v in typing.get_args(a))
-        for sub in typing.get_args(a):
-            collect(sub)
 
-    collect(model.model_fields[key].annotation)
-    return values
+def _bounds(field: FieldInfo) -> str:
+    signs = {"gt": ">", "ge": ">=", "lt": "<", "le": "<="}
+    return " and ".join(
+        f"{sign} {getattr(m, attr)}"
+        for m in field.metadata for attr, sign in signs.items() if hasattr(m, attr)
+    )
+
+
+def describe(annotation: Any, bounds: str = "") -> str:
+    """What a YAML value for this annotation looks like, in words: 'an integer > 0, or null'."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is typing.Annotated:
+        return describe(args[0], bounds)
+    if origin is typing.Literal:
+        return ", ".join(str(v) for v in args)
+    if _is_union(annotation):
+        tagged = [m for a in args if (m := _model_in(a)) and "name" in m.model_fields]
+        if len(tagged) == len(args) > 1:  # a tagged union: the algorithm section
+            names = sorted(str(n) for m in tagged for n in _literals(m.model_fields["name"].annotation))
+            return f"a mapping with `name` (one of {', '.join(names)}) and its options"
+        parts = [describe(a, bounds) for a in args if a is not type(None)]
+        text = " or ".join(parts)
+        return f"{text}, or null" if type(None) in args else text
+    if annotation is bool:
+        return "true or false"
+    if annotation in (int, float):
+        kind = "an integer" if annotation is int else "a number"
+        return f"{kind} {bounds}" if bounds else kind
+    if annotation is str:
+        return "a string"
+    if origin is tuple:
+        return f"a list of {len(args)} values ({', '.join(describe(a) for a in args)})"
+    if origin in (list, typing.Sequence):
+        return "a list"
+    if origin is dict:
+        return "a mapping"
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return f"a mapping with keys {', '.join(annotation.model_fields)}"
+    return str(annotation).replace("typing.", "")
+
+
+def _allowed(where: _Where) -> str:
+    return describe(where.field.annotation, _bounds(where.field)) if where.field else ""
+
+
+def _example(where: _Where) -> str:
+    """'; e.g. `micro_batch_size: 8` (the default)' for a field with a plain default."""
+    if where.field is None or not where.shown:
+        return ""
+    default = where.field.default
+    if default is PydanticUndefined or default is None or not isinstance(default, int | float | str | bool):
+        return ""
+    text = str(default).lower() if isinstance(default, bool) else default
+    return f"; e.g. `{where.shown[-1]}: {text}` (the default)"
+
+
+def split_problems(message: str, model: type[BaseModel] | None, path: str) -> list[Problem]:
+    """A validator's message, one problem per line; a line `key: text` naming a key of `model` goes there.
+
+    Cross-field validators start each line with the key to change (`num_heads: must divide hidden_size`),
+    so the problem is reported at `policy.num_heads` rather than at `policy`.
+    """
+    problems: list[Problem] = []
+    for line in message.splitlines():
+        where, sep, what = line.partition(": ")
+        first = where.split(".")[0].split("[")[0]
+        if sep and model is not None and first in model.model_fields and " " not in where:
+            problems.append(Problem(f"{path}.{where}" if path else where, what))
+        else:
+            problems.append(Problem(path, line))
+    return problems
 
 
 def problems_from_validation(err: ValidationError, root: type[BaseModel]) -> list[Problem]:
@@ -106,11 +199,12 @@ def problems_from_validation(err: ValidationError, root: type[BaseModel]) -> lis
     for e in err.errors(include_url=False):
         loc = tuple(e["loc"])
         kind = e["type"]
-        holder, shown_loc = _walk(root, loc)
-        path = dotted(shown_loc)
-        key = loc[-1] if loc else ""
+        where = _walk(root, loc)
+        path = dotted(where.shown)
+        key = where.shown[-1] if where.shown else ""
+        given = e.get("input")
         if kind == "extra_forbidden":
-            allowed = sorted(holder.model_fields) if holder else []
+            allowed = sorted(where.holder.model_fields) if where.holder else []
             msg = f"unknown key '{key}'"
             if allowed:
                 msg += f"; allowed: {', '.join(allowed)}{did_you_mean(str(key), allowed)}"
@@ -118,26 +212,42 @@ def problems_from_validation(err: ValidationError, root: type[BaseModel]) -> lis
             ctx = e.get("ctx", {})
             tags = [t.strip(" '") for t in str(ctx.get("expected_tags", "")).split(",")]
             tag = str(ctx.get("tag", ""))
-            path = dotted(loc + ("name",))
-            msg = f"unknown {loc[-1]} '{tag}'; allowed: {', '.join(tags)}{did_you_mean(tag, tags)}"
+            path = dotted((*where.shown, "name"))
+            msg = f"unknown {key} '{tag}'; allowed: {', '.join(tags)}{did_you_mean(tag, tags)}"
         elif kind == "union_tag_not_found":
-            path = dotted(loc + ("name",))
+            path = dotted((*where.shown, "name"))
             msg = "missing 'name' (which registered component to use); see `alignkit list`"
+        elif kind == "missing" and where.field is None and where.last is not None:
+            msg = f"too few items (no item {where.shown[-1]!r}); allowed: {describe(where.last.annotation)}"
+            path = dotted(where.shown[:-1])
         elif kind == "missing":
             msg = "required, but not set"
-        elif kind == "literal_error":
-            allowed = _allowed_literals(holder, key)
-            given = str(e.get("input"))
-            msg = f"invalid value (got {_short(e.get('input'))}); allowed: {', '.join(allowed)}"
-            msg += did_you_mean(given, allowed)
-        elif kind == "value_error" and not path:
-            # cross-section checks report "path: message" lines (see ExperimentBase)
-            for line in e["msg"].removeprefix("Value error, ").splitlines():
-                where, _, what = line.partition(": ")
-                problems.append(Problem(where, what) if what else Problem("", line))
+            if where.field is not None:
+                msg += f"; allowed: {_allowed(where)}"
+                if where.field.description:
+                    msg += f" ({where.field.description.rstrip('.')})"
+        elif kind == "literal_error" or where.branch:
+            # a union (`int | Literal['auto']`) fails once per branch: one problem says what all allow
+            literals = [str(v) for v in _literals(where.field.annotation)] if where.field else []
+            allowed = _allowed(where)
+            msg = f"invalid value (got {_short(given)}); allowed: {allowed}"
+            msg += did_you_mean(str(given), literals)
+        elif kind == "value_error":
+            text = e["msg"].removeprefix("Value error, ")
+            target = _model_in(where.field.annotation) if where.field else (root if not loc else None)
+            for p in split_problems(text, target, path):
+                if p not in problems:
+                    problems.append(p)
             continue
         else:
-            text = e["msg"].removeprefix("Value error, ")
-            msg = f"{text} (got {_short(e.get('input'))})" if kind not in ("value_error",) else text
-        problems.append(Problem(path, msg))
+            # types and bounds: pydantic's own words, the value, what the key takes and an example
+            text = e["msg"].removeprefix("Input should be ").removeprefix("Value error, ")
+            msg = f"should be {text} (got {_short(given)})"
+            if where.field is not None:
+                msg += f"; allowed: {_allowed(where)}{_example(where)}"
+            if kind == "model_type" and isinstance(given, str):
+                msg += f"; to use a preset, write `{key}: {{preset: {given}}}`"
+        problem = Problem(path, msg)
+        if problem not in problems:
+            problems.append(problem)
     return problems

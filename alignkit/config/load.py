@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import yaml
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from pydantic import ValidationError
 
-from alignkit.config.errors import ConfigError, Problem, problems_from_validation
+from alignkit.config.errors import ConfigError, Problem, problems_from_validation, split_problems
 from alignkit.registry import did_you_mean
 
 # Which preset folder (under registry/) a section's `preset:` names.
@@ -45,7 +46,9 @@ def load_preset(kind: str, name: str) -> dict[str, Any]:
     file = preset_root() / kind / f"{name}.yaml"
     if not file.is_file():
         names = list(list_presets(kind))
-        raise KeyError(f"unknown {kind} preset '{name}'; allowed: {', '.join(names)}{did_you_mean(name, names)}")
+        raise KeyError(
+            f"unknown preset '{name}' (in registry/{kind}/); allowed: {', '.join(names)}{did_you_mean(name, names)}"
+        )
     data = yaml.safe_load(file.read_text()) or {}
     data.pop("description", None)
     return data
@@ -99,28 +102,83 @@ def load_dict(path: str | Path, overrides: Sequence[str] = ()) -> dict[str, Any]
         raise ConfigError([Problem("", f"override '{o}' is not key=value, e.g. trainer.max_steps=10") for o in bad])
     try:
         cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides)))
-        data = OmegaConf.to_container(cfg, resolve=True)
     except OmegaConfBaseException as exc:
         key = getattr(exc, "full_key", "") or ""
         raise ConfigError([Problem(str(key), str(exc).splitlines()[0])], source=str(path)) from None
-    assert isinstance(data, dict)
-    data.setdefault("name", path.stem)
+    raw = OmegaConf.to_container(cfg, resolve=False)
+    assert isinstance(raw, dict)
+    raw.setdefault("name", path.stem)
     problems: list[Problem] = []
-    data = _expand_presets(data, "", problems)
+    raw = _expand_presets(raw, "", problems)
+    # resolved after the presets are in, so that `${policy.hidden_size}` may name a key a preset sets
+    data = _resolve(raw, problems)
     if problems:
         raise ConfigError(problems, source=str(path))
     return data
 
 
+def _paths(node: Any, path: str = "") -> list[str]:
+    if not isinstance(node, dict):
+        return []
+    return [p for k, v in node.items() for p in (f"{path}{k}", *_paths(v, f"{path}{k}."))]
+
+
+def _interpolation_problem(where: str, raw: Any, exc: Exception, keys: list[str]) -> Problem:
+    reason = str(exc).splitlines()[0].removeprefix("KeyError raised while resolving interpolation: ").strip('"')
+    msg = f"cannot resolve {raw!r}: {reason}"
+    env = re.search(r"Environment variable '(.+?)' not found", reason)
+    key = re.search(r"Interpolation key '(.+?)' not found", reason)
+    if env:
+        msg += f"; set {env[1]}, or give a default: ${{oc.env:{env[1]},VALUE}}"
+    elif key:
+        msg += did_you_mean(key[1], keys) or "; an interpolation names a key of this config, e.g. ${trainer.seed}"
+    return Problem(where, msg)
+
+
+def _resolve(raw: dict[str, Any], problems: list[Problem]) -> dict[str, Any]:
+    """`${...}` interpolations resolved; each one that fails is a problem at its own key."""
+    cfg = OmegaConf.create(raw)
+    try:
+        data = OmegaConf.to_container(cfg, resolve=True)
+        assert isinstance(data, dict)
+        return data
+    except OmegaConfBaseException:
+        pass  # find every key that fails, not just the first
+    keys = _paths(raw)
+
+    def walk(node: DictConfig | ListConfig, plain: Any, path: str) -> None:
+        for k in range(len(node)) if isinstance(node, ListConfig) else list(node.keys()):
+            where = f"{path}[{k}]" if isinstance(k, int) else (f"{path}.{k}" if path else str(k))
+            try:
+                value = node[k]
+            except OmegaConfBaseException as exc:
+                problems.append(_interpolation_problem(where, plain[k], exc, keys))
+                continue
+            if isinstance(value, DictConfig | ListConfig) and isinstance(plain[k], dict | list):
+                walk(value, plain[k], where)
+
+    before = len(problems)
+    walk(cfg, raw, "")
+    if len(problems) == before:
+        problems.append(Problem("", "the config's ${...} interpolations do not resolve"))
+    return {}
+
+
 def validate_dict(data: dict[str, Any], source: str | None = None) -> Any:
     """A validated, frozen ExperimentConfig, or ConfigError listing every problem."""
-    from alignkit.config.schema import experiment_schema
+    from alignkit.config.schema import experiment_schema, raw_cross_section_problems
 
     schema = experiment_schema()
     try:
         return schema.model_validate(data)
     except ValidationError as err:
-        raise ConfigError(problems_from_validation(err, schema), source=source) from None
+        problems = problems_from_validation(err, schema)
+        # pydantic skips the cross-section checks when a field fails; run them here so that every
+        # problem is reported at once
+        for problem in split_problems("\n".join(raw_cross_section_problems(data)), schema, ""):
+            if problem not in problems:
+                problems.append(problem)
+        raise ConfigError(problems, source=source) from None
 
 
 def load_config(path: str | Path, overrides: Sequence[str] = ()) -> Any:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+from collections.abc import Iterable, Mapping
 from typing import Annotated, Any, Literal, Union
 
 from pydantic import Field, create_model, model_validator
@@ -12,6 +13,16 @@ from alignkit.data.spec import DataSpec
 from alignkit.models.spec import ModelSpec
 
 MODEL_SECTIONS = ("policy", "reference", "critic", "reward_model")
+
+
+def _batch_fix(prompts_per_step: int, step: int, what: str) -> str:
+    """'e.g. set prompts_per_step to 16 or micro_batch_size to 4': the nearest sizes that divide."""
+    nearest = step * max(1, round(prompts_per_step / step))
+    fix = f"e.g. set prompts_per_step to {nearest}"
+    if what == "micro_batch_size":
+        smaller = max(d for d in range(1, step + 1) if prompts_per_step % d == 0)
+        fix += f" or micro_batch_size to {smaller}"
+    return fix
 
 
 class OptimizerSpec(Spec):
@@ -33,7 +44,10 @@ class SchedulerSpec(Spec):
     @model_validator(mode="after")
     def _one_warmup(self) -> SchedulerSpec:
         if self.warmup_steps and self.warmup_ratio:
-            raise ValueError("set warmup_steps or warmup_ratio, not both")
+            raise ValueError(
+                f"warmup_ratio: set warmup_steps or warmup_ratio, not both (got warmup_steps={self.warmup_steps}, "
+                f"warmup_ratio={self.warmup_ratio})"
+            )
         return self
 
 
@@ -59,10 +73,11 @@ class TrainerSpec(Spec):
     @model_validator(mode="after")
     def _batch_divides(self) -> TrainerSpec:
         if self.prompts_per_step % self.micro_batch_size:
+            # "key: message" lines are reported at trainer.<key> (see errors.split_problems)
             raise ValueError(
-                f"prompts_per_step ({self.prompts_per_step}) must be a multiple of micro_batch_size "
-                f"({self.micro_batch_size}); e.g. set prompts_per_step to "
-                f"{self.micro_batch_size * max(1, round(self.prompts_per_step / self.micro_batch_size))}"
+                f"prompts_per_step: must be a multiple of micro_batch_size ({self.micro_batch_size}) "
+                f"(got {self.prompts_per_step}); "
+                f"{_batch_fix(self.prompts_per_step, self.micro_batch_size, 'micro_batch_size')}"
             )
         return self
 
@@ -88,11 +103,17 @@ class HardwareSpec(Spec):
     @model_validator(mode="after")
     def _consistent(self) -> HardwareSpec:
         if isinstance(self.devices, int) and self.devices < 1:
-            raise ValueError(f"devices must be at least 1 (got {self.devices})")
+            raise ValueError(f"devices: must be at least 1 (got {self.devices})")
         if self.strategy == "single" and (self.devices != 1 or self.num_nodes != 1):
-            raise ValueError("strategy 'single' runs on one device: set devices: 1, num_nodes: 1, or strategy: ddp")
+            raise ValueError(
+                f"strategy: 'single' runs on one device (got devices={self.devices}, num_nodes={self.num_nodes}); "
+                "set devices: 1 and num_nodes: 1, or strategy: ddp"
+            )
         if self.strategy == "fsdp" and self.precision == "16-mixed":
-            raise ValueError("strategy 'fsdp' supports precision 32-true, bf16-mixed or bf16-true, not 16-mixed")
+            raise ValueError(
+                "precision: strategy 'fsdp' supports 32-true, bf16-mixed or bf16-true (got 16-mixed); "
+                "use bf16-mixed"
+            )
         return self
 
     def world_size(self) -> int | None:
@@ -132,28 +153,73 @@ class ExperimentBase(Spec):
 
     @model_validator(mode="after")
     def _sections_match_algorithm(self) -> ExperimentBase:
-        from alignkit.algorithms import ALGORITHMS
-
-        algo = ALGORITHMS.get(self.algorithm.name)  # type: ignore[attr-defined]
-        # Cross-section checks: each line is "path: message", split into separate problems by errors.py.
-        found = [f"{s}: required by algorithm '{algo.name}'" for s in algo.required_models if getattr(self, s) is None]
-        found += [
-            f"{s}: not used by algorithm '{algo.name}' (it uses: {', '.join(algo.models)}); remove this section"
-            for s in MODEL_SECTIONS
-            if getattr(self, s) is not None and s not in algo.models
-        ]
-        if algo.records is not None and self.data is None:
-            found.append(f"data: required by algorithm '{algo.name}', which trains on {algo.records} records")
-        world = self.hardware.world_size()
-        step = self.trainer.micro_batch_size * (world or 1)
-        if world and self.trainer.prompts_per_step % step:
-            found.append(
-                f"trainer.prompts_per_step: must be a multiple of micro_batch_size x devices x num_nodes = {step} "
-                f"(got {self.trainer.prompts_per_step})"
-            )
+        present = [s for s in (*MODEL_SECTIONS, "data") if getattr(self, s) is not None]
+        t = self.trainer
+        found = cross_section_problems(
+            self.algorithm.name,  # type: ignore[attr-defined]
+            present,
+            self.hardware.world_size(),
+            t.prompts_per_step,
+            t.micro_batch_size,
+        )
         if found:
             raise ValueError("\n".join(found))
         return self
+
+
+def cross_section_problems(
+    algorithm: str, present: Iterable[str], world: int | None, prompts_per_step: Any, micro_batch_size: Any
+) -> list[str]:
+    """Checks that span sections, as "path: message" lines (errors.py reports each at its path).
+
+    Run on the validated config, and on the raw dict when some field is invalid (pydantic then skips
+    model validators), so that a missing or unused section is reported together with the field errors.
+    """
+    from alignkit.algorithms import ALGORITHMS
+
+    if algorithm not in ALGORITHMS:
+        return []
+    algo = ALGORITHMS.get(algorithm)
+    present = set(present)
+    found = [f"{s}: required by algorithm '{algo.name}'" for s in algo.required_models if s not in present]
+    found += [
+        f"{s}: not used by algorithm '{algo.name}' (it uses: {', '.join(algo.models)}); remove this section"
+        for s in MODEL_SECTIONS
+        if s in present and s not in algo.models
+    ]
+    if algo.records is not None and "data" not in present:
+        found.append(f"data: required by algorithm '{algo.name}', which trains on {algo.records} records")
+    sizes = (world, prompts_per_step, micro_batch_size)
+    if all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in sizes):
+        step = micro_batch_size * world
+        # a size that does not divide micro_batch_size alone is reported by TrainerSpec
+        if prompts_per_step % micro_batch_size == 0 and prompts_per_step % step:
+            found.append(
+                f"trainer.prompts_per_step: must be a multiple of micro_batch_size x devices x num_nodes = "
+                f"{micro_batch_size} x {world} = {step} (got {prompts_per_step}); "
+                f"{_batch_fix(prompts_per_step, step, 'world')}"
+            )
+    return found
+
+
+def raw_cross_section_problems(data: Mapping[str, Any]) -> list[str]:
+    """cross_section_problems on an unvalidated dict, using the schema's defaults for absent keys."""
+    algo = data.get("algorithm")
+    trainer = data.get("trainer") if isinstance(data.get("trainer"), Mapping) else {}
+    hardware = data.get("hardware") if isinstance(data.get("hardware"), Mapping) else {}
+
+    def value(section: Mapping[str, Any], spec: type[Spec], key: str) -> Any:
+        return section.get(key, spec.model_fields[key].default)
+
+    devices, nodes = value(hardware, HardwareSpec, "devices"), value(hardware, HardwareSpec, "num_nodes")
+    world = devices * nodes if all(isinstance(v, int) and not isinstance(v, bool) for v in (devices, nodes)) else None
+    return cross_section_problems(
+        str(algo.get("name")) if isinstance(algo, Mapping) else "",
+        [s for s in (*MODEL_SECTIONS, "data") if data.get(s) is not None],
+        world,
+        value(trainer, TrainerSpec, "prompts_per_step"),
+        value(trainer, TrainerSpec, "micro_batch_size"),
+    )
 
 
 @functools.cache

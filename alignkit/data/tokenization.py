@@ -95,8 +95,10 @@ def tokenize_records(
     *,
     source: str = "data",
 ) -> Dataset:
-    """Token ids and completion masks for every row of `kind` (see the data README for the columns).
+    """Token ids, with completion masks (1 = trained), for every row of `kind`.
 
+    completion/unpaired: input_ids, completion_mask (+ label); preference: chosen_/rejected_ input_ids and
+    completion_mask (+ margin); prompt: prompt_input_ids, the prompt as text, and the other columns.
     `source` names the data in errors (a file path or generator:<name>); rows are numbered from 1.
     """
     fmt = resolve_format(ds, kind, fmt)

@@ -1,0 +1,186 @@
+"""The bandit study runner: DPO vs RMB-PO vs RMB-PO+ for a batch of seeds, with the paper's evaluation.
+
+`python -m alignkit.bandits.study` runs the linear study at the released budgets and prints a table.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from alignkit.bandits.data import PreferenceData, preference_data
+from alignkit.bandits.linear import LinearBandit, LinearBanditSpec
+from alignkit.bandits.losses import dpo_bandit_loss, rmbpo_objective
+from alignkit.bandits.neural import NeuralBandit, NeuralBanditSpec
+from alignkit.bandits.optim import (
+    AdaGradNormSpec,
+    AdamSpec,
+    AdamWSpec,
+    LBFGSSpec,
+    LossFn,
+    Params,
+    optimize,
+)
+from alignkit.bandits.reward_fit import RewardFn, fit_reward_model
+
+Method = Literal["dpo", "rmb_po", "rmb_po_plus"]
+METHODS: tuple[Method, ...] = ("dpo", "rmb_po", "rmb_po_plus")
+Env = LinearBandit | NeuralBandit
+EnvSpec = LinearBanditSpec | NeuralBanditSpec
+Optim = AdaGradNormSpec | AdamSpec | LBFGSSpec
+
+
+def released_optimizer(env: EnvSpec | Env, method: Method) -> Optim:
+    """The released budgets (bandits.md): linear AdaGrad-norm c = 1, DPO 200 and RMB-PO(+) 1000 full-batch
+    iterations; neural AdamW lr 1e-3, batch 64, 50 epochs, fixed order."""
+    if isinstance(env, LinearBanditSpec | LinearBandit):
+        return AdaGradNormSpec(iterations=200 if method == "dpo" else 1000, c=1.0)
+    return AdamWSpec(lr=1e-3, batch_size=64, epochs=50)
+
+
+def converged_optimizer() -> LBFGSSpec:
+    """Run to a stationary point (max |grad| < 1e-9 per seed) rather than to a fixed budget."""
+    return LBFGSSpec(max_iterations=5000, tolerance_grad=1e-9)
+
+
+def policy_loss(
+    env: Env, method: Method, data: PreferenceData, r_hat: RewardFn | None, beta: float
+) -> tuple[LossFn, int]:
+    """The per-seed training loss of a method as loss_fn(params, item index | None), and the item count.
+
+    DPO's items are the n preference pairs; RMB-PO's the n preference states; RMB-PO+'s those plus the m
+    extra states. r_hat is evaluated once on the training states. The neural RMB-PO loss takes the released
+    stop-gradient form (same gradient, see `rmbpo_objective`).
+    """
+    log_ref = env.log_ref
+    if method == "dpo":
+        feats = env.policy_features(data.states)
+
+        def dpo(params: Params, idx: Tensor | None) -> Tensor:
+            pick = slice(None) if idx is None else idx
+            logp = torch.log_softmax(env.policy_logits(params, feats[:, pick]), dim=-1)
+            a_plus, a_minus = data.a_plus[:, pick, None], data.a_minus[:, pick, None]
+            logp_plus, logp_minus = logp.gather(-1, a_plus)[..., 0], logp.gather(-1, a_minus)[..., 0]
+            ref_plus, ref_minus = log_ref[a_plus[..., 0]], log_ref[a_minus[..., 0]]
+            return dpo_bandit_loss(logp_plus, logp_minus, ref_plus, ref_minus, beta)[0]
+
+        return dpo, data.states.shape[1]
+
+    if r_hat is None:
+        raise ValueError(f"method '{method}' needs a reward model r_hat")
+    states = data.states if method == "rmb_po" else torch.cat([data.states, data.extra_states], dim=1)
+    feats, rewards = env.policy_features(states), r_hat(states).detach()
+    form = "exact" if isinstance(env, LinearBandit) else "stopgrad"
+
+    def rmb(params: Params, idx: Tensor | None) -> Tensor:
+        pick = slice(None) if idx is None else idx
+        logits = env.policy_logits(params, feats[:, pick])
+        return rmbpo_objective(logits, rewards[:, pick], log_ref, beta, form)[0]
+
+    return rmb, states.shape[1]
+
+
+def run_setting(
+    env: EnvSpec,
+    method: Method,
+    n: int,
+    m: int,
+    seeds: Sequence[int],
+    optim: Optim | Literal["released", "converged"] = "released",
+    beta: float = 0.01,
+    log_every: int = 10,
+) -> dict[str, Tensor]:
+    """Train one method on a batch of seeds and evaluate it; every value is a per-seed tensor [S].
+
+    Keys: gap (V(pi*) - V(pi_hat)), value, optimal_value, kl_ref, objective (value - beta kl_ref, true
+    reward), steps; linear: best_in_class_gap, theta_norm; RMB-PO(+): the reward model's `rm/...` entries
+    (linear: rm/theta_hat [S, D], rm/separable, rm/converged; neural: rm/loss, rm/accuracy); L-BFGS:
+    optim/converged; and the curve trajectory/step [T], trajectory/gap [S, T] (every log_every steps).
+    beta 0.01 as released (bandits.md).
+    """
+    bandit = env.build(seeds)
+    return _run(bandit, method, preference_data(bandit, n, m), optim, beta, log_every)
+
+
+def _run(
+    env: Env,
+    method: Method,
+    data: PreferenceData,
+    optim: Optim | Literal["released", "converged"],
+    beta: float,
+    log_every: int,
+    fitted: tuple[RewardFn, dict[str, Tensor]] | None = None,
+) -> dict[str, Tensor]:
+    if optim == "released":
+        optim = released_optimizer(env, method)
+    elif optim == "converged":
+        optim = converged_optimizer()
+    out: dict[str, Tensor] = {}
+    r_hat = None
+    if method != "dpo":
+        r_hat, rm_info = fitted or fit_reward_model(env, data)
+        out.update(rm_info)
+    loss_fn, num_items = policy_loss(env, method, data, r_hat, beta)
+    steps, gaps = [], []
+
+    def on_log(step: int, params: Params) -> None:
+        steps.append(step)
+        gaps.append(env.evaluate(params, beta)["gap"])
+
+    params, info = optimize(env.init_policy(), loss_fn, optim, num_items, log_every, on_log)
+    with torch.no_grad():
+        out.update(env.evaluate(params, beta))
+    out["steps"] = info["steps"].expand(len(env.seeds))
+    if "converged" in info:
+        out["optim/converged"] = info["converged"]
+    if isinstance(env, LinearBandit):
+        out["best_in_class_gap"] = env.best_in_class_gap()
+        out["theta_norm"] = params["theta"].norm(dim=1)
+    if steps:
+        out["trajectory/step"] = torch.tensor(steps)
+        out["trajectory/gap"] = torch.stack(gaps, dim=1)
+    return out
+
+
+def run_study(
+    env: EnvSpec,
+    n: int,
+    m: int,
+    seeds: Sequence[int],
+    methods: Sequence[Method] = METHODS,
+    optim: Optim | Literal["released", "converged"] = "released",
+    beta: float = 0.01,
+    log_every: int = 10,
+) -> dict[str, dict[str, Tensor]]:
+    """All methods on one environment, the same data and one reward-model fit: {method: run_setting dict}."""
+    bandit = env.build(seeds)
+    data = preference_data(bandit, n, m)
+    fitted = fit_reward_model(bandit, data) if any(mt != "dpo" for mt in methods) else None
+    return {mt: _run(bandit, mt, data, optim, beta, log_every, fitted) for mt in methods}
+
+
+def mean_se(x: Tensor) -> tuple[float, float]:
+    """Mean and standard error over seeds."""
+    x = x.double()
+    se = float(x.std() / len(x) ** 0.5) if len(x) > 1 else 0.0
+    return float(x.mean()), se
+
+
+def _main() -> None:
+    seeds = range(2021, 2031)  # released: seeds 2021..2030, n = 20, m = 0.5 n (bandits.md)
+    for features in ("matched", "flip"):
+        start = time.perf_counter()
+        results = run_study(LinearBanditSpec(features=features), n=20, m=10, seeds=seeds)
+        elapsed = time.perf_counter() - start
+        print(f"linear, {features}, n=20, m=10, 10 seeds, released budgets: {elapsed:.2f} s")
+        for method, res in results.items():
+            gap, se = mean_se(res["gap"])
+            print(f"  {method:12s} gap {gap:.4f} ± {se:.4f}   best-in-class gap {res['best_in_class_gap'].mean():.4f}")
+
+
+if __name__ == "__main__":
+    _main()
