@@ -85,5 +85,9 @@ class SaveOnException(L.Callback):
     def __init__(self, path: Path) -> None:
         self.path = path
 
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        # under torchrun/SLURM every rank resolves its own run directory; all must write where rank 0 does
+        self.path = Path(trainer.strategy.broadcast(str(self.path)))
+
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         trainer.save_checkpoint(self.path)

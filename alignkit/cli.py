@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from collections.abc import Sequence
@@ -15,36 +16,41 @@ from alignkit.config.errors import ConfigError
 LIST_KINDS = ("algorithms", "architectures", "datasets", "rewards", "presets")
 
 
-def _type_name(annotation: Any) -> str:
-    text = str(annotation).replace("typing.", "").replace("NoneType", "None")
-    if isinstance(annotation, type):
-        text = annotation.__name__
-    return text.replace("Literal", "").replace("alignkit.", "")
+def _default(field: Any) -> str:
+    """A field's default as YAML writes it: false, null, [0.9, 0.999], token_mean."""
+    if field.is_required():
+        return "required"
+    value = field.get_default(call_default_factory=True)
+    text = json.dumps(list(value) if isinstance(value, tuple) else value)
+    return f"default {text[1:-1] if isinstance(value, str) and value else text}"
 
 
 def fields_help(model: type[BaseModel], prefix: str = "", depth: int = 1) -> list[str]:
-    """One line per field: `path (type, default): description`, recursing into nested sections."""
+    """One line per field: `path (allowed values; default): description`, recursing into nested sections."""
+    from alignkit.config.errors import bounds, describe, model_in
+
     lines = []
     for name, field in model.model_fields.items():
         if name == "name" and prefix.startswith("algorithm"):
             continue
         path = f"{prefix}{name}"
-        sub = field.annotation if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel) else None
-        if sub is not None and depth > 0:
-            lines.append(f"  {path}: {field.description or ''}")
-            lines += fields_help(sub, f"{path}.", depth - 1)
+        sub = model_in(field.annotation)
+        if sub is not None:
+            optional = "optional section" if not field.is_required() and field.default is None else "section"
+            lines.append(f"  {path} ({optional}): {field.description or ''}")
+            if depth > 0:
+                lines += fields_help(sub, f"{path}.", depth - 1)
             continue
-        default = "required" if field.is_required() else f"default {field.get_default(call_default_factory=True)!r}"
-        lines.append(f"  {path} ({_type_name(field.annotation)}; {default}): {field.description or ''}")
+        allowed = describe(field.annotation, bounds(field))
+        lines.append(f"  {path} ({allowed}; {_default(field)}): {field.description or ''}")
     return lines
 
 
 def _schema_epilog() -> str:
     from alignkit.config.schema import ExperimentBase
 
-    return "config sections (see `alignkit list algorithms` for each algorithm's options):\n" + "\n".join(
-        fields_help(ExperimentBase, depth=0)
-    )
+    head = "config sections (`alignkit list algorithms -v`: each algorithm's options; `alignkit show`: all keys)"
+    return head + ":\n" + "\n".join(fields_help(ExperimentBase, depth=0))
 
 
 def _load(args: argparse.Namespace) -> Any:
@@ -94,16 +100,15 @@ def cmd_list(args: argparse.Namespace) -> int:
     from alignkit.models import ARCHITECTURES
     from alignkit.rewards import REWARDS
 
-    kinds = [args.kind] if args.kind else list(LIST_KINDS)
-    for kind in kinds:
+    registries = {"algorithms": ALGORITHMS, "architectures": ARCHITECTURES, "datasets": DATASETS, "rewards": REWARDS}
+    for kind in [args.kind] if args.kind else LIST_KINDS:
         print(f"{kind}:")
         if kind == "presets":
             for group in ("models", "datasets", "hardware"):
                 for name, desc in list_presets(group).items():
-                    print(f"  {group}/{name:24s} {desc}")
+                    print(f"  {group + '/' + name:32s} {desc}")
             continue
-        registry = {"algorithms": ALGORITHMS, "architectures": ARCHITECTURES, "datasets": DATASETS, "rewards": REWARDS}[kind]
-        for name, desc in registry.describe():
+        for name, desc in registries[kind].describe():
             print(f"  {name:24s} {desc}")
             if kind == "algorithms" and args.verbose:
                 algo = ALGORITHMS.get(name)
@@ -138,6 +143,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         return int(args.fn(args))
+    except BrokenPipeError:  # `alignkit list | head`
+        sys.stderr.close()
+        return 0
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -153,4 +161,3 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
-

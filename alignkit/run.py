@@ -183,7 +183,11 @@ def run(cfg: Any) -> RunResult:
     if rank_zero:
         run_dir.mkdir(parents=True, exist_ok=True)
         resolved = yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
-        name = "config.yaml" if not (run_dir / "config.yaml").exists() else f"config.resume{len(list(run_dir.glob('config*.yaml')))}.yaml"
+        name = (
+            "config.yaml"
+            if not (run_dir / "config.yaml").exists()
+            else f"config.resume{len(list(run_dir.glob('config*.yaml')))}.yaml"
+        )
         (run_dir / name).write_text(resolved)
         (run_dir / "environment.json").write_text(json.dumps(environment(), indent=2) + "\n")
         write_status(run_dir, "running", resumed_from=str(ckpt) if ckpt else None)
@@ -209,7 +213,9 @@ def _fit(cfg: Any, algorithm: type[AlignModule], run_dir: Path, ckpt: Path | Non
     L.seed_everything(t.seed, workers=True, verbose=False)
     models, tokenizer = build_models(cfg, algorithm)
     train_set, eval_set = build_datasets(cfg.data, algorithm.records, tokenizer, seed=t.seed)
-    data = AlignData(train_set, eval_set, Collator(algorithm.records, tokenizer.pad_token_id), t.micro_batch_size, t.seed)
+    data = AlignData(
+        train_set, eval_set, Collator(algorithm.records, tokenizer.pad_token_id), t.micro_batch_size, t.seed
+    )
     module = algorithm(cfg, models, tokenizer)
 
     hw = trainer_kwargs(cfg.hardware)

@@ -50,15 +50,15 @@ def _is_union(annotation: Any) -> bool:
     return typing.get_origin(annotation) in (typing.Union, types.UnionType)
 
 
-def _model_in(annotation: Any, tag: Any = None) -> type[BaseModel] | None:
+def model_in(annotation: Any, tag: Any = None) -> type[BaseModel] | None:
     """The pydantic model an annotation holds (through Optional, Annotated and tagged unions)."""
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return annotation
     origin = typing.get_origin(annotation)
     if origin is typing.Annotated:
-        return _model_in(typing.get_args(annotation)[0], tag)
+        return model_in(typing.get_args(annotation)[0], tag)
     if _is_union(annotation):
-        models = [m for a in typing.get_args(annotation) if (m := _model_in(a, tag))]
+        models = [m for a in typing.get_args(annotation) if (m := model_in(a, tag))]
         if tag is not None:
             for m in models:
                 name = m.model_fields.get("name")
@@ -100,8 +100,8 @@ def _walk(root: type[BaseModel], loc: tuple[Any, ...]) -> _Where:
             last = field
             shown.append(key)
             nxt = loc[i] if i < len(loc) else None
-            sub = _model_in(field.annotation, tag=nxt)
-            if nxt is not None and sub is not None and _model_in(field.annotation) is None:
+            sub = model_in(field.annotation, tag=nxt)
+            if nxt is not None and sub is not None and model_in(field.annotation) is None:
                 i += 1  # the union tag element
             elif nxt is not None and sub is None and isinstance(nxt, str) and _is_union(field.annotation):
                 i += 1  # the branch label
@@ -121,34 +121,34 @@ def _literals(annotation: Any) -> list[Any]:
     return [v for a in typing.get_args(annotation) for v in _literals(a)]
 
 
-def _bounds(field: FieldInfo) -> str:
+def bounds(field: FieldInfo) -> str:
+    """A field's numeric limits in words: '> 0', '>= 0 and < 1'."""
     signs = {"gt": ">", "ge": ">=", "lt": "<", "le": "<="}
     return " and ".join(
-        f"{sign} {getattr(m, attr)}"
-        for m in field.metadata for attr, sign in signs.items() if hasattr(m, attr)
+        f"{sign} {getattr(m, attr)}" for m in field.metadata for attr, sign in signs.items() if hasattr(m, attr)
     )
 
 
-def describe(annotation: Any, bounds: str = "") -> str:
+def describe(annotation: Any, limits: str = "") -> str:
     """What a YAML value for this annotation looks like, in words: 'an integer > 0, or null'."""
     origin, args = typing.get_origin(annotation), typing.get_args(annotation)
     if origin is typing.Annotated:
-        return describe(args[0], bounds)
+        return describe(args[0], limits)
     if origin is typing.Literal:
         return ", ".join(str(v) for v in args)
     if _is_union(annotation):
-        tagged = [m for a in args if (m := _model_in(a)) and "name" in m.model_fields]
+        tagged = [m for a in args if (m := model_in(a)) and "name" in m.model_fields]
         if len(tagged) == len(args) > 1:  # a tagged union: the algorithm section
             names = sorted(str(n) for m in tagged for n in _literals(m.model_fields["name"].annotation))
             return f"a mapping with `name` (one of {', '.join(names)}) and its options"
-        parts = [describe(a, bounds) for a in args if a is not type(None)]
+        parts = [describe(a, limits) for a in args if a is not type(None)]
         text = " or ".join(parts)
         return f"{text}, or null" if type(None) in args else text
     if annotation is bool:
         return "true or false"
     if annotation in (int, float):
         kind = "an integer" if annotation is int else "a number"
-        return f"{kind} {bounds}" if bounds else kind
+        return f"{kind} {limits}" if limits else kind
     if annotation is str:
         return "a string"
     if origin is tuple:
@@ -163,7 +163,7 @@ def describe(annotation: Any, bounds: str = "") -> str:
 
 
 def _allowed(where: _Where) -> str:
-    return describe(where.field.annotation, _bounds(where.field)) if where.field else ""
+    return describe(where.field.annotation, bounds(where.field)) if where.field else ""
 
 
 def _example(where: _Where) -> str:
@@ -192,6 +192,12 @@ def split_problems(message: str, model: type[BaseModel] | None, path: str) -> li
         else:
             problems.append(Problem(path, line))
     return problems
+
+
+def _preset_sections() -> set[str]:
+    from alignkit.config.load import PRESET_KINDS  # load.py imports this module
+
+    return set(PRESET_KINDS)
 
 
 def problems_from_validation(err: ValidationError, root: type[BaseModel]) -> list[Problem]:
@@ -234,7 +240,7 @@ def problems_from_validation(err: ValidationError, root: type[BaseModel]) -> lis
             msg += did_you_mean(str(given), literals)
         elif kind == "value_error":
             text = e["msg"].removeprefix("Value error, ")
-            target = _model_in(where.field.annotation) if where.field else (root if not loc else None)
+            target = model_in(where.field.annotation) if where.field else (root if not loc else None)
             for p in split_problems(text, target, path):
                 if p not in problems:
                     problems.append(p)
@@ -245,7 +251,7 @@ def problems_from_validation(err: ValidationError, root: type[BaseModel]) -> lis
             msg = f"should be {text} (got {_short(given)})"
             if where.field is not None:
                 msg += f"; allowed: {_allowed(where)}{_example(where)}"
-            if kind == "model_type" and isinstance(given, str):
+            if kind == "model_type" and isinstance(given, str) and key in _preset_sections():
                 msg += f"; to use a preset, write `{key}: {{preset: {given}}}`"
         problem = Problem(path, msg)
         if problem not in problems:

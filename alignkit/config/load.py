@@ -83,11 +83,13 @@ def _expand_presets(node: Any, path: str, problems: list[Problem]) -> Any:
     if not isinstance(node, dict):
         return node
     key = path.rsplit(".", 1)[-1]
-    if "preset" in node and key in PRESET_KINDS:
-        name = node.pop("preset")
+    # `preset: null` (as a saved config.yaml writes it) means none
+    if key in PRESET_KINDS and "preset" in node and (name := node.pop("preset")) is not None:
         try:
             base = load_preset(PRESET_KINDS[key], str(name))
             node = OmegaConf.to_container(OmegaConf.merge(base, node))  # type: ignore[assignment]
+            if PRESET_KINDS[key] == "models":
+                node["preset"] = name  # ModelSpec keeps the name, so the resolved config says what ran
         except KeyError as exc:
             problems.append(Problem(f"{path}.preset", str(exc.args[0])))
     return {k: _expand_presets(v, f"{path}.{k}" if path else str(k), problems) for k, v in node.items()}

@@ -15,14 +15,12 @@ from alignkit.models.spec import ModelSpec
 MODEL_SECTIONS = ("policy", "reference", "critic", "reward_model")
 
 
-def _batch_fix(prompts_per_step: int, step: int, what: str) -> str:
+def _batch_fix(prompts_per_step: int, micro_batch_size: int, world: int = 1) -> str:
     """'e.g. set prompts_per_step to 16 or micro_batch_size to 4': the nearest sizes that divide."""
-    nearest = step * max(1, round(prompts_per_step / step))
-    fix = f"e.g. set prompts_per_step to {nearest}"
-    if what == "micro_batch_size":
-        smaller = max(d for d in range(1, step + 1) if prompts_per_step % d == 0)
-        fix += f" or micro_batch_size to {smaller}"
-    return fix
+    step = micro_batch_size * world
+    fix = f"e.g. set prompts_per_step to {step * max(1, round(prompts_per_step / step))}"
+    smaller = [m for m in range(micro_batch_size, 0, -1) if prompts_per_step % (m * world) == 0]
+    return fix + (f" or micro_batch_size to {smaller[0]}" if smaller else "")
 
 
 class OptimizerSpec(Spec):
@@ -39,7 +37,9 @@ class SchedulerSpec(Spec):
         "constant", description="Learning-rate schedule over the run (transformers.get_scheduler)."
     )
     warmup_steps: int = Field(0, ge=0, description="Linear warm-up steps (optimizer steps).")
-    warmup_ratio: float = Field(0.0, ge=0, lt=1, description="Warm-up as a share of all steps; exclusive with warmup_steps.")
+    warmup_ratio: float = Field(
+        0.0, ge=0, lt=1, description="Warm-up as a share of all steps; exclusive with warmup_steps."
+    )
 
     @model_validator(mode="after")
     def _one_warmup(self) -> SchedulerSpec:
@@ -58,7 +58,9 @@ class TrainerSpec(Spec):
         8, gt=0, description="Global batch: prompts (or pairs, or examples) per optimizer step, over all devices."
     )
     micro_batch_size: int = Field(
-        8, gt=0, description="Per-device batch of one forward pass; accumulation = prompts_per_step / (micro * devices)."
+        8,
+        gt=0,
+        description="Per-device batch of one forward pass; accumulation = prompts_per_step / (micro * devices).",
     )
     optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec, description="Optimizer.")
     scheduler: SchedulerSpec = Field(default_factory=SchedulerSpec, description="Learning-rate schedule.")
@@ -77,7 +79,7 @@ class TrainerSpec(Spec):
             raise ValueError(
                 f"prompts_per_step: must be a multiple of micro_batch_size ({self.micro_batch_size}) "
                 f"(got {self.prompts_per_step}); "
-                f"{_batch_fix(self.prompts_per_step, self.micro_batch_size, 'micro_batch_size')}"
+                f"{_batch_fix(self.prompts_per_step, self.micro_batch_size)}"
             )
         return self
 
@@ -85,7 +87,9 @@ class TrainerSpec(Spec):
 class FSDPSpec(Spec):
     activation_checkpointing: bool = Field(False, description="Recompute each block's activations in backward.")
     cpu_offload: bool = Field(False, description="Keep sharded parameters and optimizer state in CPU memory.")
-    reshard_after_forward: bool = Field(True, description="Free gathered parameters after forward (ZeRO-3); false = ZeRO-2.")
+    reshard_after_forward: bool = Field(
+        True, description="Free gathered parameters after forward (ZeRO-3); false = ZeRO-2."
+    )
 
 
 class HardwareSpec(Spec):
@@ -111,8 +115,7 @@ class HardwareSpec(Spec):
             )
         if self.strategy == "fsdp" and self.precision == "16-mixed":
             raise ValueError(
-                "precision: strategy 'fsdp' supports 32-true, bf16-mixed or bf16-true (got 16-mixed); "
-                "use bf16-mixed"
+                "precision: strategy 'fsdp' supports 32-true, bf16-mixed or bf16-true (got 16-mixed); use bf16-mixed"
             )
         return self
 
@@ -197,7 +200,7 @@ def cross_section_problems(
             found.append(
                 f"trainer.prompts_per_step: must be a multiple of micro_batch_size x devices x num_nodes = "
                 f"{micro_batch_size} x {world} = {step} (got {prompts_per_step}); "
-                f"{_batch_fix(prompts_per_step, step, 'world')}"
+                f"{_batch_fix(prompts_per_step, micro_batch_size, world)}"
             )
     return found
 

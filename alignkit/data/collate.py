@@ -47,9 +47,7 @@ class Collator:
             "attention_mask": pad([[1] * len(s) for s in ids], 0, side),
         }
         if self.kind != "prompt":
-            columns["completion_mask"] = pad(
-                [row[f"{p}completion_mask"] for p in prefixes for row in rows], 0, side
-            )
+            columns["completion_mask"] = pad([row[f"{p}completion_mask"] for p in prefixes for row in rows], 0, side)
         batch = {}
         for name, tensor in columns.items():
             for p, part in zip(prefixes, tensor.split(len(rows)), strict=True):

@@ -38,9 +38,7 @@ def generator(name: str, *kinds: str) -> Callable[[Generator], Generator]:
 
 def _check_lengths(min_words: int, max_words: int) -> None:
     if not 1 <= min_words <= max_words:
-        raise ValueError(
-            f"need 1 <= min_words <= max_words (got min_words={min_words}, max_words={max_words})"
-        )
+        raise ValueError(f"need 1 <= min_words <= max_words (got min_words={min_words}, max_words={max_words})")
 
 
 def _words(rng: random.Random, min_words: int, max_words: int) -> list[str]:
@@ -48,9 +46,7 @@ def _words(rng: random.Random, min_words: int, max_words: int) -> list[str]:
 
 
 @generator("reverse_words", "completion", "prompt")
-def reverse_words(
-    n: int = 1000, seed: int = 0, min_words: int = 2, max_words: int = 5
-) -> list[dict[str, Any]]:
+def reverse_words(n: int = 1000, seed: int = 0, min_words: int = 2, max_words: int = 5) -> list[dict[str, Any]]:
     """Reverse a few words: prompt 'reverse: cat dog sun =', completion ' sun dog cat'."""
     _check_lengths(min_words, max_words)
     rng = random.Random(seed)
@@ -113,16 +109,12 @@ def sentiment_pairs(
         p_a = 1 / (1 + math.exp(-diff / temperature)) if noise else float(diff > 0)
         chosen, rejected = (a, b) if rng.random() < p_a else (b, a)
         # Llama-2 margins are non-negative preference strengths, so a noisy flip keeps |diff|.
-        rows.append(
-            {"prompt": REVIEW_PROMPT, "chosen": chosen, "rejected": rejected, "margin": float(abs(diff))}
-        )
+        rows.append({"prompt": REVIEW_PROMPT, "chosen": chosen, "rejected": rejected, "margin": float(abs(diff))})
     return rows
 
 
 @generator("sentiment_unpaired", "unpaired", "prompt")
-def sentiment_unpaired(
-    n: int = 1000, seed: int = 0, min_words: int = 4, max_words: int = 8
-) -> list[dict[str, Any]]:
+def sentiment_unpaired(n: int = 1000, seed: int = 0, min_words: int = 4, max_words: int = 8) -> list[dict[str, Any]]:
     """Single film reviews labelled desirable when they have more positive than negative words."""
     _check_lengths(min_words, max_words)
     rng = random.Random(seed)

@@ -1,4 +1,4 @@
-"""Data loaders whose position inside an epoch is saved in checkpoints, so a resumed run sees the same batches."""
+"""Resumable data loaders: the position inside an epoch is saved in checkpoints, so a resume sees the same batches."""
 
 from __future__ import annotations
 

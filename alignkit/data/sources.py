@@ -51,9 +51,7 @@ def _read(source: SourceSpec) -> Dataset:
             raise DataError(f"{source.name}: {e}") from e
     path = Path(source.path)
     if not path.exists():
-        raise DataError(
-            f"{source.path}: file not found (relative paths start at {Path.cwd()}); check the path"
-        )
+        raise DataError(f"{source.path}: file not found (relative paths start at {Path.cwd()}); check the path")
     if not path.is_dir() and path.suffix.lower() not in READERS:
         raise DataError(
             f"{source.path}: unsupported file type (got '{path.suffix}'); allowed: "
@@ -96,11 +94,7 @@ def _message_problem(field: str, value: Any, allow_empty: bool) -> str | None:
     if not isinstance(value, list) or not (value or allow_empty):
         return f"'{field}' must be a non-empty list of {{role, content}} messages (got {str(value)[:60]!r})"
     for j, m in enumerate(value, 1):
-        if (
-            not isinstance(m, dict)
-            or not isinstance(m.get("role"), str)
-            or not isinstance(m.get("content"), str)
-        ):
+        if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
             return f"'{field}' message {j} needs string 'role' and 'content' (got {str(m)[:60]!r})"
     if field != "prompt" and not any(m["role"] == "assistant" and m["content"].strip() for m in value):
         return f"'{field}' has no non-empty assistant message"
@@ -119,8 +113,7 @@ def row_problems(
         if value is None:
             present = ", ".join(k for k, v in row.items() if v is not None)
             problems.append(
-                f"missing '{field}' (columns present: {present}); "
-                f"map a column with {key}.columns.{field}: <name>"
+                f"missing '{field}' (columns present: {present}); map a column with {key}.columns.{field}: <name>"
             )
         elif field == "label":
             if not isinstance(value, bool):
@@ -137,16 +130,12 @@ def row_problems(
         elif not value.strip() and not allow_empty:
             problems.append(f"'{field}' is empty; drop the row or fill it in")
     margin = row.get("margin", 0.0)
-    if kind == "preference" and (
-        isinstance(margin, bool) or not isinstance(margin, int | float) or math.isnan(margin)
-    ):
+    if kind == "preference" and (isinstance(margin, bool) or not isinstance(margin, int | float) or math.isnan(margin)):
         problems.append(f"'margin' must be a number (got {margin!r}); fill it in or drop the margin column")
     return problems
 
 
-def load_records(
-    source: SourceSpec, kind: RecordKind, fmt: Format = "auto", *, key: str = "data.train"
-) -> Dataset:
+def load_records(source: SourceSpec, kind: RecordKind, fmt: Format = "auto", *, key: str = "data.train") -> Dataset:
     """Load a source, map its columns to the standard names, apply its limit and check every row for `kind`.
 
     `key` is the config path of the source (data.train or data.eval), used in the fixes errors suggest.

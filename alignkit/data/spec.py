@@ -27,9 +27,7 @@ class SourceSpec(Spec):
     )
     generator: str | None = Field(None, description="Name of a registered dataset generator (alignkit list).")
     args: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments for the generator.")
-    split: str | None = Field(
-        None, description="Split of a DatasetDict directory; 'train' when present and not given."
-    )
+    split: str | None = Field(None, description="Split of a DatasetDict directory; 'train' when present and not given.")
     columns: dict[str, str] = Field(
         default_factory=dict,
         description="Standard name -> column name in the source, e.g. {prompt: question, chosen: good}.",
@@ -54,12 +52,12 @@ class SourceSpec(Spec):
         if self.split is not None:
             raise ValueError(f"split applies only to a path (got split '{self.split}' with a generator)")
         if self.generator not in DATASETS:
-            raise ValueError(DATASETS.unknown_message(self.generator))
+            raise ValueError(f"generator: {DATASETS.unknown_message(self.generator)}")
         allowed = list(inspect.signature(DATASETS.get(self.generator)).parameters)
         for arg in self.args:
             if arg not in allowed:
                 raise ValueError(
-                    f"unknown argument for generator '{self.generator}' (got '{arg}'); "
+                    f"args: unknown argument for generator '{self.generator}' (got '{arg}'); "
                     f"allowed: {', '.join(allowed)}{did_you_mean(arg, allowed)}"
                 )
         return self

@@ -14,13 +14,9 @@ Segments = list[tuple[str, bool]]  # text pieces in order, each with whether its
 Messages = list[dict[str, str]]
 
 
-def render(
-    tokenizer: PreTrainedTokenizerBase, messages: Messages, add_generation_prompt: bool = False
-) -> str:
+def render(tokenizer: PreTrainedTokenizerBase, messages: Messages, add_generation_prompt: bool = False) -> str:
     """A conversation as text, through the tokenizer's chat template."""
-    return tokenizer.apply_chat_template(
-        messages, tokenize=False, add_generation_prompt=add_generation_prompt
-    )
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
 
 
 def chat_segments(tokenizer: PreTrainedTokenizerBase, messages: Messages, first_trained: int = 0) -> Segments:
@@ -109,9 +105,7 @@ def tokenize_records(
         elif kind == "completion":
             segments = chat_segments(tokenizer, row["messages"])
         else:
-            segments = chat_segments(
-                tokenizer, row["prompt"] + row[completion], first_trained=len(row["prompt"])
-            )
+            segments = chat_segments(tokenizer, row["prompt"] + row[completion], first_trained=len(row["prompt"]))
         # A chat template closes the assistant turn itself; plain text needs the EOS added to learn to stop.
         ids, mask = encode_segments(tokenizer, segments, append_eos=fmt == "standard")
         return truncate(ids, mask, max_length, max_prompt_length)

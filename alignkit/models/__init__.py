@@ -19,7 +19,6 @@ _LAZY = {
     "save_hf": "build",
     "byte_tokenizer": "tokenizer",
     "last_token_index": "values",
-    "position_ids_from_mask": "values",
     "sequence_scores": "values",
     "token_values": "values",
 }
@@ -41,7 +40,7 @@ if TYPE_CHECKING:
         save_hf,
     )
     from alignkit.models.tokenizer import byte_tokenizer
-    from alignkit.models.values import last_token_index, position_ids_from_mask, sequence_scores, token_values
+    from alignkit.models.values import last_token_index, sequence_scores, token_values
 
 __all__ = [
     "ARCHITECTURES",
@@ -54,7 +53,6 @@ __all__ = [
     "last_token_index",
     "load_tokenizer",
     "model_config",
-    "position_ids_from_mask",
     "save_hf",
     "sequence_scores",
     "token_values",

@@ -59,9 +59,7 @@ def model_config(spec: ModelSpec, tokenizer: PreTrainedTokenizerBase, **extra: A
     )
 
 
-def _build(
-    auto_class: Any, spec: ModelSpec, tokenizer: PreTrainedTokenizerBase, **extra: Any
-) -> PreTrainedModel:
+def _build(auto_class: Any, spec: ModelSpec, tokenizer: PreTrainedTokenizerBase, **extra: Any) -> PreTrainedModel:
     load = {"dtype": DTYPES[spec.dtype], "attn_implementation": spec.attn_implementation}
     # Seeded inside a forked RNG: identical weights for one seed, and the caller's RNG stream untouched.
     with torch.random.fork_rng(devices=[]):

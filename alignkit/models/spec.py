@@ -38,9 +38,7 @@ class ModelSpec(Spec):
     hidden_size: int | None = Field(
         None, gt=0, description="Width of the residual stream (None: architecture default)."
     )
-    num_layers: int | None = Field(
-        None, gt=0, description="Number of transformer blocks (None: architecture default)."
-    )
+    num_layers: int | None = Field(None, gt=0, description="Number of transformer blocks (None: architecture default).")
     num_heads: int | None = Field(
         None, gt=0, description="Attention heads; must divide hidden_size (None: architecture default)."
     )
@@ -50,9 +48,7 @@ class ModelSpec(Spec):
         description="Key/value heads for grouped-query attention; must divide num_heads (None: architecture "
         "default; not for gpt2).",
     )
-    intermediate_size: int | None = Field(
-        None, gt=0, description="Width of the MLP (None: architecture default)."
-    )
+    intermediate_size: int | None = Field(None, gt=0, description="Width of the MLP (None: architecture default).")
     max_position_embeddings: int | None = Field(
         None, gt=0, description="Longest sequence the positions cover (None: architecture default)."
     )

@@ -5,10 +5,7 @@ from __future__ import annotations
 import torch
 from transformers import PreTrainedModel
 
-
-def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
-    """0, 1, 2, ... over the real tokens of each row, so left padding does not shift positions."""
-    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+from alignkit.ops import position_ids
 
 
 def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -17,22 +14,18 @@ def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
     return (positions * attention_mask.long()).argmax(-1)
 
 
-def token_values(
-    model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor
-) -> torch.Tensor:
+def token_values(model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
     """[B, T] float32: the score head applied to the last hidden state at every position."""
     hidden = model.base_model(
         input_ids=input_ids,
         attention_mask=attention_mask,
-        position_ids=position_ids_from_mask(attention_mask),
+        position_ids=position_ids(attention_mask),
         use_cache=False,
     ).last_hidden_state
     return model.score(hidden).squeeze(-1).float()
 
 
-def sequence_scores(
-    model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor
-) -> torch.Tensor:
+def sequence_scores(model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
     """[B] float32: the value at each sequence's last real token (the reward model's score)."""
     values = token_values(model, input_ids, attention_mask)
     return values.gather(1, last_token_index(attention_mask)[:, None]).squeeze(1)

@@ -18,9 +18,9 @@ def token_logprobs(logits: Tensor, input_ids: Tensor) -> Tensor:
     Cross-entropy in float32 avoids materialising a [B, T, V] log-softmax in the model's dtype.
     """
     b, t, v = logits.shape
-    nll = F.cross_entropy(
-        logits[:, :-1].float().reshape(-1, v), input_ids[:, 1:].reshape(-1), reduction="none"
-    ).view(b, t - 1)
+    nll = F.cross_entropy(logits[:, :-1].float().reshape(-1, v), input_ids[:, 1:].reshape(-1), reduction="none").view(
+        b, t - 1
+    )
     return F.pad(-nll, (1, 0))
 
 

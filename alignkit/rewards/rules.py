@@ -13,7 +13,9 @@ REWARDS: Registry[RuleReward] = Registry("reward")
 
 @REWARDS.register("length_target")
 def length_target(prompts: Sequence[str], completions: Sequence[str], target: int = 32) -> list[float]:
-    """1 at exactly `target` characters, falling linearly to 0 at 0 and 2*target characters (and below 0 past)."""
+    """1 at exactly `target` characters, falling linearly to 0 at 0 and 2*target characters (below 0 past)."""
+    if target <= 0:
+        raise ValueError(f"length_target: target must be a positive number of characters (got {target})")
     return [1.0 - abs(len(c) - target) / target for c in completions]
 
 
@@ -29,7 +31,11 @@ def keyword_count(
     prompts: Sequence[str], completions: Sequence[str], words: Sequence[str] = (), weight: float = 1.0
 ) -> list[float]:
     """weight x number of whole-word occurrences of any of `words` in the completion (case-insensitive)."""
+    if isinstance(words, str):  # `words: great` in YAML means one word, not five letters
+        words = [words]
     if not words:
         return [0.0 for _ in completions]
-    pattern = re.compile(r"\b(" + "|".join(re.escape(w) for w in words) + r")\b", re.IGNORECASE)
+    # whole words by lookaround rather than \b, so that keywords ending in punctuation ("c++") still match
+    alternatives = "|".join(re.escape(w) for w in words)
+    pattern = re.compile(rf"(?<!\w)(?:{alternatives})(?!\w)", re.IGNORECASE)
     return [weight * len(pattern.findall(c)) for c in completions]

@@ -58,9 +58,7 @@ def test_sentiment_pairs_noise_follows_bradley_terry(temperature: float) -> None
         if len(outcomes) >= 500:
             assert sum(outcomes) / len(outcomes) == pytest.approx(expected[d], abs=0.05)
     observed = sum(sum(o) for o in hits.values()) / len(rows)
-    assert observed == pytest.approx(
-        sum(expected[d] * len(o) for d, o in hits.items()) / len(rows), abs=0.015
-    )
+    assert observed == pytest.approx(sum(expected[d] * len(o) for d, o in hits.items()) / len(rows), abs=0.015)
     assert observed < 0.95  # the noise is really there
 
 
@@ -72,9 +70,7 @@ def test_sentiment_unpaired_labels() -> None:
 
 def test_bad_generator_arguments_are_data_errors() -> None:
     with pytest.raises(ValueError, match=r"generator:reverse_words: need 1 <= min_words <= max_words"):
-        load_records(
-            SourceSpec(generator="reverse_words", args={"min_words": 5, "max_words": 2}), "completion"
-        )
+        load_records(SourceSpec(generator="reverse_words", args={"min_words": 5, "max_words": 2}), "completion")
 
 
 def test_write_jsonl_round_trip(tmp_path: Path) -> None:

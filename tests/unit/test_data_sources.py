@@ -55,8 +55,7 @@ def test_split_of_a_dataset_dict_directory(tmp_path: Path) -> None:
 
 def test_column_mapping_and_limit(tmp_path: Path) -> None:
     renamed = [
-        {"question": r["prompt"], "good": r["chosen"], "bad": r["rejected"], "id": i}
-        for i, r in enumerate(PREFS)
+        {"question": r["prompt"], "good": r["chosen"], "bad": r["rejected"], "id": i} for i, r in enumerate(PREFS)
     ]
     path = write(renamed, tmp_path / "renamed.jsonl")
     ds = load(path, columns={"prompt": "question", "chosen": "good", "rejected": "bad"}, limit=2)
@@ -106,9 +105,7 @@ def test_kto_label_strings_are_an_error(tmp_path: Path) -> None:
         {"prompt": "Q", "completion": " a", "label": "true"},
         {"prompt": "Q", "completion": " b", "label": "false"},
     ]
-    with pytest.raises(
-        DataError, match=r"kto\.jsonl: row 1: 'label' must be true or false \(got 'true' of type str"
-    ):
+    with pytest.raises(DataError, match=r"kto\.jsonl: row 1: 'label' must be true or false \(got 'true' of type str"):
         load(write(rows, tmp_path / "kto.jsonl"), "unpaired")
 
 
@@ -134,9 +131,7 @@ def test_empty_chosen_is_an_error(tmp_path: Path) -> None:
 
 def test_mapping_a_column_that_does_not_exist(tmp_path: Path) -> None:
     path = write(PREFS, tmp_path / "prefs.parquet")
-    with pytest.raises(
-        DataError, match=r"names columns the source lacks \(got good\); columns present: prompt"
-    ):
+    with pytest.raises(DataError, match=r"names columns the source lacks \(got good\); columns present: prompt"):
         load(path, columns={"chosen": "good"})
 
 

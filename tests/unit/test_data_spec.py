@@ -36,9 +36,7 @@ def test_generator_arguments_are_checked_against_its_signature() -> None:
 
 
 def test_source_field_checks() -> None:
-    with pytest.raises(
-        ValidationError, match=r"unknown standard name \(got 'promt'\).*did you mean 'prompt'"
-    ):
+    with pytest.raises(ValidationError, match=r"unknown standard name \(got 'promt'\).*did you mean 'prompt'"):
         SourceSpec(path="a.jsonl", columns={"promt": "question"})
     with pytest.raises(ValidationError, match=r"args apply only to a generator"):
         SourceSpec(path="a.jsonl", args={"n": 3})
@@ -75,6 +73,4 @@ def test_build_datasets_with_an_eval_file(tmp_path: Path) -> None:
     train, eval_ = build_datasets(spec, "preference", byte_tokenizer(), seed=0)
     assert len(train) == 8 and "margin" in train.column_names
     assert len(eval_) == 3 and "margin" not in eval_.column_names
-    assert (
-        build_datasets(spec.model_copy(update={"eval": None}), "preference", byte_tokenizer(), 0)[1] is None
-    )
+    assert build_datasets(spec.model_copy(update={"eval": None}), "preference", byte_tokenizer(), 0)[1] is None

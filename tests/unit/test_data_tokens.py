@@ -13,12 +13,8 @@ TOK = byte_tokenizer()
 BOS, EOS, PAD = TOK.bos_token_id, TOK.eos_token_id, TOK.pad_token_id
 
 
-def tokenize(
-    rows: list[dict], kind: str, max_length: int = 512, max_prompt_length: int | None = None
-) -> Dataset:
-    return tokenize_records(
-        Dataset.from_list(rows), kind, TOK, max_length, max_prompt_length, source="t.jsonl"
-    )
+def tokenize(rows: list[dict], kind: str, max_length: int = 512, max_prompt_length: int | None = None) -> Dataset:
+    return tokenize_records(Dataset.from_list(rows), kind, TOK, max_length, max_prompt_length, source="t.jsonl")
 
 
 def masked_text(ids: list[int], mask: list[int]) -> str:
@@ -36,9 +32,9 @@ def test_completion_mask_covers_exactly_the_completion_and_eos() -> None:
 
 
 def test_preference_rows_share_the_prompt_and_keep_margin() -> None:
-    row = tokenize(
-        [{"prompt": "Review:", "chosen": " great", "rejected": " dull film", "margin": 2.0}], "preference"
-    )[0]
+    row = tokenize([{"prompt": "Review:", "chosen": " great", "rejected": " dull film", "margin": 2.0}], "preference")[
+        0
+    ]
     assert masked_text(row["chosen_input_ids"], row["chosen_completion_mask"]) == " great</s>"
     assert masked_text(row["rejected_input_ids"], row["rejected_completion_mask"]) == " dull film</s>"
     assert row["chosen_input_ids"][:8] == row["rejected_input_ids"][:8] == TOK("Review:")["input_ids"]
@@ -80,9 +76,7 @@ def test_a_template_that_rewrites_earlier_turns_is_an_error() -> None:
     tok = byte_tokenizer()
     # Numbers every turn by the conversation's length, so a shorter conversation is no prefix of the whole.
     tok.chat_template = "{% for m in messages %}{{ messages|length }}{{ m['content'] }}{% endfor %}"
-    ds = Dataset.from_list(
-        [{"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}]
-    )
+    ds = Dataset.from_list([{"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}])
     with pytest.raises(DataError, match=r"t\.jsonl: row 1: the chat template does not render .* prefixes"):
         tokenize_records(ds, "completion", tok, 64, source="t.jsonl")
 
@@ -92,9 +86,7 @@ def test_truncation_cuts_the_prompt_left_and_the_completion_right() -> None:
     out = tokenize([row], "completion", max_length=8, max_prompt_length=3)[0]
     assert TOK.decode(out["input_ids"]) == "hij01234"
     assert out["completion_mask"] == [0, 0, 0, 1, 1, 1, 1, 1]
-    whole = tokenize([row], "completion", max_length=12)[
-        0
-    ]  # BOS + 10 prompt bytes leave one completion token
+    whole = tokenize([row], "completion", max_length=12)[0]  # BOS + 10 prompt bytes leave one completion token
     assert masked_text(whole["input_ids"], whole["completion_mask"]) == "0"
 
 

@@ -1,0 +1,53 @@
+"""Shared test helpers: writing YAML files and a minimal valid config per algorithm."""
+
+from __future__ import annotations
+
+import copy
+import textwrap
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+# The smallest valid config of each registered algorithm (tiny model, generated data), for config tests.
+MINIMAL: dict[str, dict[str, Any]] = {
+    "sft": {
+        "name": "t",
+        "algorithm": {"name": "sft"},
+        "policy": {"architecture": "llama", "hidden_size": 32, "num_layers": 1, "num_heads": 2},
+        "data": {"train": {"generator": "reverse_words", "args": {"n": 64}}, "max_length": 64},
+    },
+    "reward_model": {
+        "name": "t",
+        "algorithm": {"name": "reward_model"},
+        "reward_model": {"architecture": "llama", "hidden_size": 32, "num_layers": 1, "num_heads": 2},
+        "data": {"train": {"generator": "sentiment_pairs", "args": {"n": 64}}, "max_length": 64},
+    },
+}
+
+
+def minimal(algo: str = "sft", /, **sections: Any) -> dict[str, Any]:
+    """A fresh copy of MINIMAL[algo] with whole sections replaced (None removes one)."""
+    data = copy.deepcopy(MINIMAL[algo])
+    for key, value in sections.items():
+        if value is None:
+            data.pop(key, None)
+        else:
+            data[key] = value
+    return data
+
+
+@pytest.fixture
+def write_yaml(tmp_path: Path) -> Callable[[str, str], Path]:
+    """write_yaml("dir/x.yaml", text) -> the path, with the text dedented."""
+
+    def write(name: str, text: str) -> Path:
+        path = tmp_path / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(textwrap.dedent(text))
+        return path
+
+    return write

@@ -1,0 +1,123 @@
+"""Every registered algorithm trains 3 optimizer steps on CPU and leaves a complete, self-describing run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from conftest import MINIMAL, minimal
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+
+from alignkit.algorithms import ALGORITHMS
+from alignkit.config.load import load_config, validate_dict
+from alignkit.models import build_causal_lm, build_scalar_model, load_tokenizer
+from alignkit.run import RunError, run
+
+# How each model section is exported and loaded back.
+HF_CLASS = {
+    "policy": AutoModelForCausalLM,
+    "reference": AutoModelForCausalLM,
+    "critic": AutoModelForSequenceClassification,
+    "reward_model": AutoModelForSequenceClassification,
+}
+
+
+def tiny_run(algorithm: str, root: Path, **sections: Any) -> Any:
+    """MINIMAL[algorithm] (tests/conftest.py) for 3 steps of 4 examples, with a small held-out split."""
+    assert algorithm in MINIMAL, (
+        f"algorithm '{algorithm}' has no entry in tests/conftest.py MINIMAL: add its smallest valid config "
+        "(tiny model, generated data) so that it is trained here and validated in the unit tests"
+    )
+    data = minimal(algorithm)
+    data["data"] = {**data["data"], "eval_fraction": 0.125}
+    data.update(
+        trainer={
+            "max_steps": 3,
+            "prompts_per_step": 4,
+            "micro_batch_size": 4,
+            "log_every_n_steps": 1,
+            "limit_eval_batches": 1,
+            "optimizer": {"lr": 1e-2},
+        },
+        hardware={"accelerator": "cpu", "strategy": "single"},
+        logging={"root": str(root), "progress_bar": False},
+    )
+    data.update(sections)
+    return validate_dict(data)
+
+
+def test_every_registered_algorithm_has_a_tiny_config() -> None:
+    assert set(MINIMAL) == set(ALGORITHMS.names())
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS.names())
+def test_algorithm_trains_and_writes_a_complete_run(algorithm: str, tmp_path: Path) -> None:
+    cfg = tiny_run(algorithm, tmp_path)
+    algo = ALGORITHMS.get(algorithm)
+    result = run(cfg)
+
+    run_dir = tmp_path / cfg.name / "version_0"
+    assert result.run_dir == run_dir and result.global_step == 3
+    assert torch.isfinite(torch.tensor(result.metrics["train/loss"]))
+
+    # the run describes itself
+    assert load_config(run_dir / "config.yaml").model_dump() == cfg.model_dump()
+    env = json.loads((run_dir / "environment.json").read_text())
+    assert env["versions"]["torch"] == torch.__version__ and env["versions"]["alignkit"]
+    status = json.loads((run_dir / "run.json").read_text())
+    assert status["status"] == "finished" and status["global_step"] == 3
+
+    # TensorBoard: train and eval tags, train per step
+    events = list(run_dir.glob("events.out.tfevents.*"))
+    assert events, "no TensorBoard events in the run directory"
+    acc = EventAccumulator(str(run_dir)).Reload()
+    tags = set(acc.Tags()["scalars"])
+    assert {"train/loss", "eval/loss"} <= tags, tags
+    assert [e.step for e in acc.Scalars("train/loss")] == [0, 1, 2]
+
+    ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False, map_location="cpu")
+    assert ckpt["global_step"] == 3
+
+    # every trained model is exported in Hugging Face format, equal to the final weights, and has trained
+    assert set(result.exports) == set(algo.trained)
+    for section in algo.trained:
+        out = run_dir / "hf" / section
+        assert result.exports[section] == out
+        model = HF_CLASS[section].from_pretrained(out)
+        tokenizer = AutoTokenizer.from_pretrained(out)
+        state = model.state_dict()
+        for key, value in state.items():
+            torch.testing.assert_close(value, ckpt["state_dict"][f"{section}.{key}"], msg=key)
+        spec = getattr(cfg, section)
+        build = build_causal_lm if HF_CLASS[section] is AutoModelForCausalLM else build_scalar_model
+        initial = build(spec, load_tokenizer(spec)).state_dict()
+        assert any(not torch.equal(initial[k], state[k]) for k in state), f"{section} did not change"
+        ids = tokenizer(["hello"], return_tensors="pt")
+        assert model(**ids).logits.shape[0] == 1
+
+
+def test_runs_never_overwrite_each_other(tmp_path: Path) -> None:
+    cfg = tiny_run(
+        "sft",
+        tmp_path,
+        trainer={"max_steps": 1, "prompts_per_step": 4, "micro_batch_size": 4},
+        checkpoint={"export_hf": False},
+    )
+    first, second = run(cfg), run(cfg)
+    assert (first.run_dir.name, second.run_dir.name) == ("version_0", "version_1")
+    for r in (first, second):
+        assert json.loads((r.run_dir / "run.json").read_text())["status"] == "finished"
+
+
+def test_existing_explicit_version_is_a_run_error(tmp_path: Path) -> None:
+    cfg = tiny_run("sft", tmp_path, logging={"root": str(tmp_path), "version": "mine", "progress_bar": False})
+    existing = tmp_path / cfg.name / "mine"
+    existing.mkdir(parents=True)
+    (existing / "notes.txt").write_text("keep me")
+    with pytest.raises(RunError, match=r"mine exists and runs are never overwritten: set another logging\.version"):
+        run(cfg)
+    assert sorted(p.name for p in existing.iterdir()) == ["notes.txt"]  # untouched
