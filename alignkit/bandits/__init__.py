@@ -1,0 +1,1 @@
+"""Linear and neural bandit environments, their losses and optimisers, and the DPO / RMB-PO study runner."""

@@ -94,6 +94,7 @@ class NeuralBandit:
         self.true_params = init_linears(self.seeds, {"state.0": (d, H), "action.0": (K, H), "head": (2 * H, 1)}, None)
         self.eval_states = per_seed(self.seeds, "eval", lambda g: self.sample_states(g, spec.num_eval_states))
         self.eval_rewards = self.true_rewards(self.eval_states)
+        self.optimal_value = self.eval_rewards.amax(-1).mean(-1)
 
     def sample_states(self, gen: torch.Generator, n: int) -> Tensor:
         return 2 * torch.rand(n, self.state_dim, generator=gen) - 1
@@ -125,6 +126,16 @@ class NeuralBandit:
     def policy_logits(params: Params, states: Tensor) -> Tensor:
         return mlp(params, states, depth=3)
 
+    @staticmethod
+    def scale_logits(params: Params, factor: float) -> Params:
+        """The same network with its logits multiplied by factor (the last layer scaled)."""
+        return {k: v * factor if k.startswith("2.") else v for k, v in params.items()}
+
     def evaluate(self, params: Params, beta: float) -> dict[str, Tensor]:
         logits = self.policy_logits(params, self.eval_states)
         return evaluate_policy(logits, self.eval_rewards, self.log_ref, beta)
+
+    def gap(self, params: Params) -> Tensor:
+        """V(pi*) - V(pi) per seed: `evaluate(...)["gap"]` at a lower cost, for curves."""
+        pi = torch.softmax(self.policy_logits(params, self.eval_states), dim=-1)
+        return self.optimal_value - (pi * self.eval_rewards).sum(-1).mean(-1)

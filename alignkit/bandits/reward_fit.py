@@ -35,25 +35,31 @@ def _nll(x: Tensor, theta: Tensor) -> Tensor:
 
 
 def fit_logistic_mle(
-    x: Tensor, max_norm: float = 100.0, tolerance: float = 1e-12, max_iterations: int = 500
+    x: Tensor, max_norm: float = 100.0, tolerance: float = 1e-10, max_iterations: int = 200
 ) -> LogisticFit:
     """argmax_theta mean_i log sigmoid(x_i . theta), every label +1 (x_i = phi(s,a+) - phi(s,a-)).
 
     Damped Newton: direction -(H + eps I)^{-1} g, at most 10 long, Armijo backtracking from step 1, per
-    seed. When the pairs are separable (some theta has x_i . theta >= 0 for all i, ties included) the
-    likelihood has no maximiser: it keeps rising as |theta| -> inf and Newton walks out along a separating
-    direction, about one unit of margin per step. We stop a seed the first time |theta| passes `max_norm`
-    (default 100, 45 |theta*|), flag it `separable`, and return that iterate scaled back onto the sphere
-    of radius max_norm: a capped estimate in the separating direction, to be reported, not trusted.
+    seed. When the pairs are separable (some theta != 0 has x_i . theta >= 0 for all i) the likelihood has
+    no maximiser: it keeps rising as |theta| -> inf, and the gradient can fall below any tolerance on the
+    way out, so a small gradient proves nothing. We flag a seed `separable` as soon as an iterate has every
+    margin x_i . theta >= 0 (then theta itself separates the pairs: an exact certificate), or when |theta|
+    passes `max_norm` (default 100, 45 |theta*|; catches ties that keep margins at 0), and return that
+    direction scaled to norm max_norm: a capped estimate, to be reported, not trusted.
     """
     S, _, D = x.shape
     theta = torch.zeros(S, D, dtype=x.dtype)
     eye = torch.eye(D, dtype=x.dtype)
     separable = torch.zeros(S, dtype=torch.bool)
     converged = torch.zeros(S, dtype=torch.bool)
-    it = 0
-    for it in range(1, max_iterations + 1):
+    iterations = 0
+    for _ in range(max_iterations):
+        iterations += 1
         margin = torch.einsum("snd,sd->sn", x, theta)
+        # A theta != 0 with every margin >= 0 separates the pairs: a proof that no maximiser exists.
+        separates = (margin.amin(1) >= 0) & (theta.abs().amax(1) > 0)
+        theta = torch.where(separates[:, None], theta * (max_norm / theta.norm(dim=1, keepdim=True)), theta)
+        separable |= separates
         p_wrong = torch.sigmoid(-margin)  # 1 - P(a+ preferred)
         grad = -(p_wrong[..., None] * x).mean(1)
         converged = grad.abs().amax(1) <= tolerance
@@ -68,9 +74,10 @@ def fit_logistic_mle(
         direction = direction * (10.0 / direction.norm(dim=1).clamp_min(1e-300)).clamp(max=1.0)[:, None]
         slope = (grad * direction).sum(1)
         loss = _nll(x, theta)
+        rounding = 8 * torch.finfo(x.dtype).eps * loss  # near the optimum the decrease is below rounding
         step = torch.ones(S, dtype=x.dtype)
         for _ in range(50):
-            ok = _nll(x, theta + step[:, None] * direction) <= loss + 1e-4 * step * slope
+            ok = ~active | (_nll(x, theta + step[:, None] * direction) <= loss + 1e-4 * step * slope + rounding)
             if ok.all():
                 break
             step = torch.where(ok, step, step / 2)
@@ -81,13 +88,16 @@ def fit_logistic_mle(
         separable |= over
     grad = -(torch.sigmoid(-torch.einsum("snd,sd->sn", x, theta))[..., None] * x).mean(1)
     converged = (grad.abs().amax(1) <= tolerance) & ~separable
-    return LogisticFit(theta, separable, converged, it)
+    return LogisticFit(theta, separable, converged, iterations)
 
 
 def fit_linear_reward(env: LinearBandit, data: PreferenceData) -> tuple[RewardFn, dict[str, Tensor]]:
     """theta_hat = the logistic-regression MLE; r_hat(s, a) = phi_r(s, a) . theta_hat."""
     phi = env.reward_features(data.states)  # [S, n, K, D]
-    take = lambda a: phi.gather(2, a[:, :, None, None].expand(-1, -1, 1, phi.shape[-1]))[:, :, 0]  # noqa: E731
+
+    def take(a: Tensor) -> Tensor:
+        return phi.gather(2, a[:, :, None, None].expand(-1, -1, 1, phi.shape[-1]))[:, :, 0]
+
     fit = fit_logistic_mle(take(data.a_plus) - take(data.a_minus))
     theta_hat = fit.theta_hat
 

@@ -5,15 +5,16 @@
 
 from __future__ import annotations
 
+import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Literal
 
 import torch
 from torch import Tensor
 
 from alignkit.bandits.data import PreferenceData, preference_data
-from alignkit.bandits.linear import LinearBandit, LinearBanditSpec
+from alignkit.bandits.linear import LinearBandit, LinearBanditSpec, best_in_class
 from alignkit.bandits.losses import dpo_bandit_loss, rmbpo_objective
 from alignkit.bandits.neural import NeuralBandit, NeuralBanditSpec
 from alignkit.bandits.optim import (
@@ -21,9 +22,12 @@ from alignkit.bandits.optim import (
     AdamSpec,
     AdamWSpec,
     LBFGSSpec,
+    LogFn,
     LossFn,
     Params,
+    lbfgs,
     optimize,
+    torch_threads,
 )
 from alignkit.bandits.reward_fit import RewardFn, fit_reward_model
 
@@ -42,9 +46,44 @@ def released_optimizer(env: EnvSpec | Env, method: Method) -> Optim:
     return AdamWSpec(lr=1e-3, batch_size=64, epochs=50)
 
 
-def converged_optimizer() -> LBFGSSpec:
-    """Run to a stationary point (max |grad| < 1e-9 per seed) rather than to a fixed budget."""
-    return LBFGSSpec(max_iterations=5000, tolerance_grad=1e-9)
+def converged_optimizer(env: EnvSpec | Env) -> LBFGSSpec:
+    """L-BFGS per continuation stage: to max|grad| < 1e-9 for the linear bandit (float64); the float32
+    neural bandit cannot resolve that, so 1e-5, a 1e-9 relative gain floor and 1000 steps per stage."""
+    if isinstance(env, LinearBanditSpec | LinearBandit):
+        return LBFGSSpec(max_iterations=5000, tolerance_grad=1e-9)
+    return LBFGSSpec(max_iterations=1000, tolerance_grad=1e-5, tolerance_change=1e-9)
+
+
+def continuation_betas(beta: float) -> list[float]:
+    """beta * 2^k for k = k0 .. 0, starting at the largest value <= 1 (e.g. 0.64, 0.32, ..., 0.01)."""
+    k0 = max(0, math.floor(math.log2(1.0 / beta))) if beta < 1 else 0
+    return [beta * 2**k for k in range(k0, -1, -1)]
+
+
+def optimize_converged(
+    env: Env, loss_for_beta: Callable[[float], LossFn], beta: float, log_every: int = 0, on_log: LogFn | None = None
+) -> tuple[Params, dict[str, Tensor]]:
+    """The "converged" budget: L-BFGS (`converged_optimizer`), continued in beta from about 1 down to beta.
+
+    Why the continuation: at beta = 0.01 the logits at the optimum are O(|r_hat| / beta) = O(100), and a
+    solver started at the U(0,1) init saturates the softmax on a wrong action at some training states,
+    where the gradient is exponentially small: L-BFGS then stops at a "stationary" point whose RMB-PO
+    objective is ~1e-2 worse. Halving beta per stage and scaling the logits by 2 (exact for a linear policy
+    whose optimum is theta_hat / beta) keeps every stage well conditioned.
+    """
+    betas = continuation_betas(beta)
+    params, total, info = env.init_policy(), 0, {}
+    for i, b in enumerate(betas):
+        if i:
+            params = env.scale_logits(params, betas[i - 1] / b)
+
+        def shifted(step: int, p: Params, offset: int = total, first: bool = i == 0) -> None:
+            if on_log is not None and (first or step > 0):
+                on_log(offset + step, p)
+
+        params, info = lbfgs(params, loss_for_beta(b), converged_optimizer(env), log_every, shifted)
+        total += int(info["steps"])
+    return params, {**info, "steps": torch.tensor(total)}
 
 
 def policy_loss(
@@ -93,17 +132,20 @@ def run_setting(
     optim: Optim | Literal["released", "converged"] = "released",
     beta: float = 0.01,
     log_every: int = 10,
+    threads: int | None = 1,
 ) -> dict[str, Tensor]:
     """Train one method on a batch of seeds and evaluate it; every value is a per-seed tensor [S].
 
     Keys: gap (V(pi*) - V(pi_hat)), value, optimal_value, kl_ref, objective (value - beta kl_ref, true
-    reward), steps; linear: best_in_class_gap, theta_norm; RMB-PO(+): the reward model's `rm/...` entries
-    (linear: rm/theta_hat [S, D], rm/separable, rm/converged; neural: rm/loss, rm/accuracy); L-BFGS:
-    optim/converged; and the curve trajectory/step [T], trajectory/gap [S, T] (every log_every steps).
-    beta 0.01 as released (bandits.md).
+    reward), steps; linear: best_in_class_gap, policy/theta [S, D], theta_norm; RMB-PO(+): the reward
+    model's entries (linear: rm/theta_hat [S, D], rm/separable, rm/converged; neural: rm/loss,
+    rm/accuracy); L-BFGS: optim/converged; and the curve trajectory/step [T], trajectory/gap [S, T]
+    (every log_every steps; log_every 0: no curve).
+    beta 0.01 as released (bandits.md). threads: torch intra-op threads while it runs (see `torch_threads`).
     """
-    bandit = env.build(seeds)
-    return _run(bandit, method, preference_data(bandit, n, m), optim, beta, log_every)
+    with torch_threads(threads):
+        bandit = env.build(seeds)
+        return _run(bandit, method, preference_data(bandit, n, m), optim, beta, log_every)
 
 
 def _run(
@@ -117,21 +159,25 @@ def _run(
 ) -> dict[str, Tensor]:
     if optim == "released":
         optim = released_optimizer(env, method)
-    elif optim == "converged":
-        optim = converged_optimizer()
     out: dict[str, Tensor] = {}
     r_hat = None
     if method != "dpo":
         r_hat, rm_info = fitted or fit_reward_model(env, data)
         out.update(rm_info)
-    loss_fn, num_items = policy_loss(env, method, data, r_hat, beta)
     steps, gaps = [], []
 
     def on_log(step: int, params: Params) -> None:
         steps.append(step)
-        gaps.append(env.evaluate(params, beta)["gap"])
+        gaps.append(env.gap(params))
 
-    params, info = optimize(env.init_policy(), loss_fn, optim, num_items, log_every, on_log)
+    def loss_for_beta(b: float) -> LossFn:
+        return policy_loss(env, method, data, r_hat, b)[0]
+
+    if optim == "converged":
+        params, info = optimize_converged(env, loss_for_beta, beta, log_every, on_log)
+    else:
+        loss_fn, num_items = policy_loss(env, method, data, r_hat, beta)
+        params, info = optimize(env.init_policy(), loss_fn, optim, num_items, log_every, on_log)
     with torch.no_grad():
         out.update(env.evaluate(params, beta))
     out["steps"] = info["steps"].expand(len(env.seeds))
@@ -139,6 +185,7 @@ def _run(
         out["optim/converged"] = info["converged"]
     if isinstance(env, LinearBandit):
         out["best_in_class_gap"] = env.best_in_class_gap()
+        out["policy/theta"] = params["theta"]
         out["theta_norm"] = params["theta"].norm(dim=1)
     if steps:
         out["trajectory/step"] = torch.tensor(steps)
@@ -155,12 +202,14 @@ def run_study(
     optim: Optim | Literal["released", "converged"] = "released",
     beta: float = 0.01,
     log_every: int = 10,
+    threads: int | None = 1,
 ) -> dict[str, dict[str, Tensor]]:
     """All methods on one environment, the same data and one reward-model fit: {method: run_setting dict}."""
-    bandit = env.build(seeds)
-    data = preference_data(bandit, n, m)
-    fitted = fit_reward_model(bandit, data) if any(mt != "dpo" for mt in methods) else None
-    return {mt: _run(bandit, mt, data, optim, beta, log_every, fitted) for mt in methods}
+    with torch_threads(threads):
+        bandit = env.build(seeds)
+        data = preference_data(bandit, n, m)
+        fitted = fit_reward_model(bandit, data) if any(mt != "dpo" for mt in methods) else None
+        return {mt: _run(bandit, mt, data, optim, beta, log_every, fitted) for mt in methods}
 
 
 def mean_se(x: Tensor) -> tuple[float, float]:
@@ -173,13 +222,24 @@ def mean_se(x: Tensor) -> tuple[float, float]:
 def _main() -> None:
     seeds = range(2021, 2031)  # released: seeds 2021..2030, n = 20, m = 0.5 n (bandits.md)
     for features in ("matched", "flip"):
+        spec = LinearBanditSpec(features=features)
         start = time.perf_counter()
-        results = run_study(LinearBanditSpec(features=features), n=20, m=10, seeds=seeds)
-        elapsed = time.perf_counter() - start
-        print(f"linear, {features}, n=20, m=10, 10 seeds, released budgets: {elapsed:.2f} s")
-        for method, res in results.items():
-            gap, se = mean_se(res["gap"])
-            print(f"  {method:12s} gap {gap:.4f} ± {se:.4f}   best-in-class gap {res['best_in_class_gap'].mean():.4f}")
+        best_in_class(spec)  # cached per spec: computed once, reused by every run on it
+        searched = time.perf_counter() - start
+        for optim in ("released", "converged"):
+            start = time.perf_counter()
+            results = run_study(spec, n=20, m=10, seeds=seeds, optim=optim)
+            elapsed = time.perf_counter() - start
+            separable = int(results["rmb_po"]["rm/separable"].sum())
+            print(
+                f"linear {features}, n=20, m=10, 10 seeds, {optim} budgets: {elapsed:.2f} s "
+                f"(+ {searched:.2f} s best-in-class search); separable D_pref: {separable}/10"
+            )
+            for method, res in results.items():
+                gap, se = mean_se(res["gap"])
+                bic = res["best_in_class_gap"].mean()
+                print(f"  {method:12s} gap {gap:.4f} ± {se:.4f}   best-in-class gap {bic:.4f}")
+            searched = 0.0
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -110,12 +111,17 @@ def load_dict(path: str | Path, overrides: Sequence[str] = ()) -> dict[str, Any]
     raw = OmegaConf.to_container(cfg, resolve=False)
     assert isinstance(raw, dict)
     raw.setdefault("name", path.stem)
+    return prepare(raw, source=str(path))
+
+
+def prepare(raw: dict[str, Any], source: str | None = None) -> dict[str, Any]:
+    """Presets expanded, then `${...}` resolved: the plain dict that validate_dict checks."""
     problems: list[Problem] = []
-    raw = _expand_presets(raw, "", problems)
+    expanded = _expand_presets(copy.deepcopy(raw), "", problems)
     # resolved after the presets are in, so that `${policy.hidden_size}` may name a key a preset sets
-    data = _resolve(raw, problems)
+    data = _resolve(expanded, problems)
     if problems:
-        raise ConfigError(problems, source=str(path))
+        raise ConfigError(problems, source=source)
     return data
 
 
@@ -181,6 +187,11 @@ def validate_dict(data: dict[str, Any], source: str | None = None) -> Any:
             if problem not in problems:
                 problems.append(problem)
         raise ConfigError(problems, source=source) from None
+
+
+def config_from_dict(raw: dict[str, Any], source: str | None = None) -> Any:
+    """A config written as a Python dict (presets, interpolation and validation as for a YAML file)."""
+    return validate_dict(prepare(raw, source), source=source)
 
 
 def load_config(path: str | Path, overrides: Sequence[str] = ()) -> Any:

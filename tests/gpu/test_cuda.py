@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from alignkit.config.load import validate_dict
+from alignkit.config.load import config_from_dict
 from alignkit.run import run
 
 pytestmark = [
@@ -17,7 +17,7 @@ pytestmark = [
 
 
 def _cfg(root: Path, hardware: dict) -> object:
-    return validate_dict(
+    return config_from_dict(
         {
             "name": "gpu_sft",
             "algorithm": {"name": "sft"},
