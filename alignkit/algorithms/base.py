@@ -92,6 +92,17 @@ class AlignModule(L.LightningModule):
                 shard_fsdp2(getattr(self, section), self.device_mesh, self.cfg.hardware)
         self._sharded = True
 
+    # -- steps ---------------------------------------------------------------------------------------
+    def step(self, batch: dict[str, Tensor], split: str) -> Tensor:
+        """One batch's loss, logged under `<split>/`; offline algorithms implement only this."""
+        raise NotImplementedError(f"{type(self).__name__} implements step() or training_step()")
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        return self.step(batch, "train")
+
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        self.step(batch, "eval")
+
     # -- logging -------------------------------------------------------------------------------------
     def log_split(self, split: str, metrics: dict[str, Tensor | float], batch_size: int) -> None:
         """Log `<split>/<name>` tags: per step for train, averaged over the epoch (all ranks) for eval."""

@@ -59,7 +59,7 @@ class RewardModel(AlignModule):
     trained = ("reward_model",)
     records = "preference"
 
-    def _step(self, batch: dict[str, Tensor], split: str) -> Tensor:
+    def step(self, batch: dict[str, Tensor], split: str) -> Tensor:
         # chosen and rejected are padded to one length by the collator: one forward over both halves
         ids = torch.cat([batch["chosen_input_ids"], batch["rejected_input_ids"]])
         mask = torch.cat([batch["chosen_attention_mask"], batch["rejected_attention_mask"]])
@@ -69,9 +69,3 @@ class RewardModel(AlignModule):
         loss, metrics = bradley_terry_loss(chosen, rejected, margin, self.algo.center_coef)
         self.log_split(split, metrics, batch_size=chosen.shape[0])
         return loss
-
-    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
-        return self._step(batch, "train")
-
-    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        self._step(batch, "eval")

@@ -61,16 +61,10 @@ class SFT(AlignModule):
     trained = ("policy",)
     records = "completion"
 
-    def _step(self, batch: dict[str, Tensor], split: str) -> Tensor:
+    def step(self, batch: dict[str, Tensor], split: str) -> Tensor:
         logits = model_logits(self.policy, batch["input_ids"], batch["attention_mask"])
         loss, metrics = sft_loss(
             token_logprobs(logits, batch["input_ids"]), batch["completion_mask"], self.algo.loss_aggregation
         )
         self.log_split(split, metrics, batch_size=batch["input_ids"].shape[0])
         return loss
-
-    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
-        return self._step(batch, "train")
-
-    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        self._step(batch, "eval")
