@@ -7,6 +7,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from alignkit.config.errors import ConfigError, Problem
 from alignkit.config.schema import HardwareSpec
 
 
@@ -28,6 +29,9 @@ def trainer_kwargs(hw: HardwareSpec) -> dict[str, Any]:
     if hw.strategy == "ddp":
         strategy = DDPStrategy(find_unused_parameters=False)
     elif hw.strategy == "fsdp":
+        if hw.fsdp.cpu_offload and not torch.cuda.is_available():
+            msg = "moves sharded parameters from GPU to CPU memory, and no GPU is available here; set it to false"
+            raise ConfigError([Problem("hardware.fsdp.cpu_offload", msg)])
         # Pure data parallel sharding: one mesh dimension over all processes, no tensor parallelism.
         strategy = ModelParallelStrategy(
             data_parallel_size=devices * hw.num_nodes, tensor_parallel_size=1, save_distributed_checkpoint=True

@@ -180,6 +180,7 @@ def run(cfg: Any) -> RunResult:
     algorithm = ALGORITHMS.get(cfg.algorithm.name)
     run_dir, ckpt = resolve_run_dir(cfg)
     rank_zero = is_rank_zero()
+    hw = trainer_kwargs(cfg.hardware)  # checked before anything is written
     if rank_zero:
         run_dir.mkdir(parents=True, exist_ok=True)
         resolved = yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
@@ -194,7 +195,7 @@ def run(cfg: Any) -> RunResult:
         os.environ[_ENV_RUN_DIR] = str(run_dir)
         os.environ[_ENV_CKPT] = str(ckpt) if ckpt else ""
     try:
-        result = _fit(cfg, algorithm, run_dir, ckpt)
+        result = _fit(cfg, algorithm, hw, run_dir, ckpt)
     except BaseException as exc:
         if rank_zero:
             write_status(run_dir, "failed", error=f"{type(exc).__name__}: {exc}"[:2000])
@@ -208,7 +209,7 @@ def run(cfg: Any) -> RunResult:
     return result
 
 
-def _fit(cfg: Any, algorithm: type[AlignModule], run_dir: Path, ckpt: Path | None) -> RunResult:
+def _fit(cfg: Any, algorithm: type[AlignModule], hw: dict[str, Any], run_dir: Path, ckpt: Path | None) -> RunResult:
     t = cfg.trainer
     L.seed_everything(t.seed, workers=True, verbose=False)
     models, tokenizer = build_models(cfg, algorithm)
@@ -218,7 +219,6 @@ def _fit(cfg: Any, algorithm: type[AlignModule], run_dir: Path, ckpt: Path | Non
     )
     module = algorithm(cfg, models, tokenizer)
 
-    hw = trainer_kwargs(cfg.hardware)
     world = hw["devices"] * hw["num_nodes"]
     if t.prompts_per_step % (t.micro_batch_size * world):
         raise RunError(

@@ -117,6 +117,11 @@ class HardwareSpec(Spec):
             raise ValueError(
                 "precision: strategy 'fsdp' supports 32-true, bf16-mixed or bf16-true (got 16-mixed); use bf16-mixed"
             )
+        if self.fsdp.cpu_offload and self.accelerator == "cpu":
+            raise ValueError(
+                "fsdp.cpu_offload: moves sharded parameters from GPU to CPU memory, so it needs accelerator: gpu "
+                "(got accelerator: cpu); set cpu_offload: false"
+            )
         return self
 
     def world_size(self) -> int | None:

@@ -48,9 +48,18 @@ def status(run_dir: Path) -> dict:
     return json.loads((run_dir / "run.json").read_text())
 
 
-@pytest.mark.parametrize("preset", ["ddp-cpu-2", "fsdp-cpu-2"])
-def test_sft_trains_on_two_processes(tmp_path: Path, preset: str) -> None:
-    alignkit(tmp_path, SFT, f"hardware.preset={preset}")
+@pytest.mark.parametrize(
+    "hardware",
+    [
+        ["hardware.preset=ddp-cpu-2"],
+        ["hardware.preset=fsdp-cpu-2"],
+        ["hardware.preset=fsdp-cpu-2", "hardware.fsdp.activation_checkpointing=true"],
+        ["hardware.preset=fsdp-cpu-2", "hardware.fsdp.reshard_after_forward=false"],
+    ],
+    ids=["ddp", "fsdp", "fsdp-activation-checkpointing", "fsdp-zero2"],
+)
+def test_sft_trains_on_two_processes(tmp_path: Path, hardware: list[str]) -> None:
+    alignkit(tmp_path, SFT, *hardware)
     run_dir = tmp_path / "runs" / "dist_sft" / "version_0"
     assert not (tmp_path / "runs" / "dist_sft" / "version_1").exists()  # rank 1 used rank 0's directory
     record = status(run_dir)
