@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 import time
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -86,7 +87,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     cfg = _load(args)
     result = run(cfg)
     if is_rank_zero():
-        print(f"\nrun finished at step {result.global_step}: {result.run_dir}")
+        at = f" at step {result.global_step}" if result.global_step else ""
+        print(f"\nrun finished{at}: {result.run_dir}")
         for section, path in result.exports.items():
             print(f"  {section} (Hugging Face format): {path}")
         print(f"  TensorBoard: tensorboard --logdir {result.run_dir.parent}")
@@ -140,6 +142,8 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # Lightning 2.6 on torch 2.13 warns about torch's own pytree API on every step; nothing a user can act on
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*is deprecated.*")
     args = parser().parse_args(argv)
     try:
         return int(args.fn(args))

@@ -195,7 +195,11 @@ def run(cfg: Any) -> RunResult:
         os.environ[_ENV_RUN_DIR] = str(run_dir)
         os.environ[_ENV_CKPT] = str(ckpt) if ckpt else ""
     try:
-        result = _fit(cfg, algorithm, hw, run_dir, ckpt)
+        launch = getattr(algorithm, "launch", None)
+        if launch is not None:  # a study: many small fits of its own (alignkit/algorithms/bandit_study.py)
+            result = RunResult(run_dir=run_dir, exports={}, metrics=launch(cfg, run_dir), global_step=0)
+        else:
+            result = _fit(cfg, algorithm, hw, run_dir, ckpt)
     except BaseException as exc:
         if rank_zero:
             write_status(run_dir, "failed", error=f"{type(exc).__name__}: {exc}"[:2000])

@@ -26,6 +26,18 @@ MINIMAL: dict[str, dict[str, Any]] = {
         "reward_model": {"architecture": "llama", "hidden_size": 32, "num_layers": 1, "num_heads": 2},
         "data": {"train": {"generator": "sentiment_pairs", "args": {"n": 64}}, "max_length": 64},
     },
+    "bandit_study": {
+        "name": "t",
+        "algorithm": {
+            "name": "bandit_study",
+            "env": {"kind": "linear", "num_eval_states": 500},
+            "n": [10],
+            "m_ratio": [1.0],
+            "seeds": [0, 1],
+            "budgets": [{"name": "adagrad_norm", "iterations": 20}],
+            "log_every": 5,
+        },
+    },
 }
 
 

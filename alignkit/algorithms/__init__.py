@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+from alignkit.algorithms.bandit_study import BanditStudy
 from alignkit.algorithms.base import AlgorithmConfig, AlignModule
 from alignkit.algorithms.reward_model import RewardModel
 from alignkit.algorithms.sft import SFT
 from alignkit.registry import Registry
 
-ALGORITHMS: Registry[type[AlignModule]] = Registry("algorithm")
-for _algorithm in (SFT, RewardModel):
+# AlignModule subclasses train through one Trainer.fit; a study (BanditStudy) has `launch` instead
+ALGORITHMS: Registry[Any] = Registry("algorithm")
+for _algorithm in (SFT, RewardModel, BanditStudy):
     ALGORITHMS.add(_algorithm.name, _algorithm)
 
 __all__ = ["ALGORITHMS", "AlgorithmConfig", "AlignModule"]

@@ -12,7 +12,7 @@ the seeds' iterates get coupled (the fixed point is the same, the path and the s
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Annotated, Literal
 
@@ -81,21 +81,43 @@ def _log(on_log: LogFn | None, log_every: int, step: int, params: Params, last: 
             on_log(step, {k: v.detach() for k, v in params.items()})
 
 
+class AdaGradNorm(torch.optim.Optimizer):
+    """theta <- theta - c g_t / sqrt(sum_{i<=t} ||g_i||^2), the norm taken per seed over all parameters.
+
+    Every parameter's first dimension is the seed; the first step of each seed has length c. Its state
+    (the running sum of squared norms) is a tensor in `state`, so it is saved in checkpoints.
+    """
+
+    def __init__(self, params: Iterable[Tensor], c: float = 1.0) -> None:
+        super().__init__(params, {"c": c})
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Tensor] | None = None) -> Tensor | None:
+        loss = None if closure is None else closure()
+        params = [p for group in self.param_groups for p in group["params"] if p.grad is not None]
+        if not params:
+            return loss
+        state = self.state[params[0]]
+        sq = _per_seed_sq_norm([p.grad for p in params])
+        state["sum_sq"] = sq if "sum_sq" not in state else state["sum_sq"] + sq
+        sum_sq = state["sum_sq"]
+        eta = torch.where(sum_sq > 0, self.param_groups[0]["c"] / sum_sq.sqrt(), torch.zeros_like(sum_sq))
+        for p in params:
+            p -= eta.view(-1, *[1] * (p.dim() - 1)) * p.grad
+        return loss
+
+
 def adagrad_norm(
     params: Params, loss_fn: LossFn, spec: AdaGradNormSpec, log_every: int = 0, on_log: LogFn | None = None
 ) -> tuple[Params, dict[str, Tensor]]:
-    """theta <- theta - c g_t / sqrt(sum_{i<=t} ||g_i||^2), norms per seed (the first step has length c)."""
+    """Full-batch AdaGrad-norm for `spec.iterations` steps (see AdaGradNorm)."""
     p = _leaves(params)
-    sum_sq = None
+    opt = AdaGradNorm(list(p.values()), c=spec.c)
     _log(on_log, log_every, 0, p, spec.iterations == 0)
     for t in range(1, spec.iterations + 1):
-        grads = torch.autograd.grad(loss_fn(p, None).sum(), list(p.values()))
-        sq = _per_seed_sq_norm(list(grads))
-        sum_sq = sq if sum_sq is None else sum_sq + sq
-        eta = torch.where(sum_sq > 0, spec.c / sum_sq.sqrt(), torch.zeros_like(sum_sq))
-        with torch.no_grad():
-            for v, g in zip(p.values(), grads, strict=True):
-                v -= eta.view(-1, *[1] * (g.dim() - 1)) * g
+        opt.zero_grad(set_to_none=True)
+        loss_fn(p, None).sum().backward()
+        opt.step()
         _log(on_log, log_every, t, p, t == spec.iterations)
     return {k: v.detach() for k, v in p.items()}, {"steps": torch.tensor(spec.iterations)}
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Literal
 
 import torch
@@ -16,6 +17,7 @@ from torch import Tensor
 from alignkit.bandits.data import PreferenceData, preference_data
 from alignkit.bandits.linear import LinearBandit, LinearBanditSpec, best_in_class
 from alignkit.bandits.losses import dpo_bandit_loss, rmbpo_objective
+from alignkit.bandits.methods import BANDIT_METHODS, fit_policy
 from alignkit.bandits.neural import NeuralBandit, NeuralBanditSpec
 from alignkit.bandits.optim import (
     AdaGradNormSpec,
@@ -26,7 +28,6 @@ from alignkit.bandits.optim import (
     LossFn,
     Params,
     lbfgs,
-    optimize,
     torch_threads,
 )
 from alignkit.bandits.reward_fit import RewardFn, fit_reward_model
@@ -145,10 +146,10 @@ def run_setting(
     """
     with torch_threads(threads):
         bandit = env.build(seeds)
-        return _run(bandit, method, preference_data(bandit, n, m), optim, beta, log_every)
+        return train_method(bandit, method, preference_data(bandit, n, m), optim, beta, log_every)
 
 
-def _run(
+def train_method(
     env: Env,
     method: Method,
     data: PreferenceData,
@@ -156,6 +157,8 @@ def _run(
     beta: float,
     log_every: int,
     fitted: tuple[RewardFn, dict[str, Tensor]] | None = None,
+    log_dir: Path | None = None,
+    name: str = "",
 ) -> dict[str, Tensor]:
     if optim == "released":
         optim = released_optimizer(env, method)
@@ -164,20 +167,11 @@ def _run(
     if method != "dpo":
         r_hat, rm_info = fitted or fit_reward_model(env, data)
         out.update(rm_info)
-    steps, gaps = [], []
-
-    def on_log(step: int, params: Params) -> None:
-        steps.append(step)
-        gaps.append(env.gap(params))
-
-    def loss_for_beta(b: float) -> LossFn:
-        return policy_loss(env, method, data, r_hat, b)[0]
-
-    if optim == "converged":
-        params, info = optimize_converged(env, loss_for_beta, beta, log_every, on_log)
-    else:
-        loss_fn, num_items = policy_loss(env, method, data, r_hat, beta)
-        params, info = optimize(env.init_policy(), loss_fn, optim, num_items, log_every, on_log)
+    module = BANDIT_METHODS.get(method)(env, data, r_hat, beta, optim, log_every or 10**9)
+    fit_policy(module, log_dir, name)
+    params = {k: v.detach() for k, v in module.params().items()}
+    # L-BFGS counts its own iterations (inside one Lightning step); the others step once per iteration
+    info = {"steps": torch.tensor(module.trainer.global_step), **module.info}
     with torch.no_grad():
         out.update(env.evaluate(params, beta))
     out["steps"] = info["steps"].expand(len(env.seeds))
@@ -187,9 +181,9 @@ def _run(
         out["best_in_class_gap"] = env.best_in_class_gap()
         out["policy/theta"] = params["theta"]
         out["theta_norm"] = params["theta"].norm(dim=1)
-    if steps:
-        out["trajectory/step"] = torch.tensor(steps)
-        out["trajectory/gap"] = torch.stack(gaps, dim=1)
+    if log_every:
+        curve = module.final()
+        out["trajectory/step"], out["trajectory/gap"] = curve["trajectory/step"], curve["trajectory/gap"]
     return out
 
 
@@ -209,7 +203,7 @@ def run_study(
         bandit = env.build(seeds)
         data = preference_data(bandit, n, m)
         fitted = fit_reward_model(bandit, data) if any(mt != "dpo" for mt in methods) else None
-        return {mt: _run(bandit, mt, data, optim, beta, log_every, fitted) for mt in methods}
+        return {mt: train_method(bandit, mt, data, optim, beta, log_every, fitted) for mt in methods}
 
 
 def mean_se(x: Tensor) -> tuple[float, float]:
