@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+import textwrap
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -199,7 +200,8 @@ def _finish(fig: Figure, axes: Sequence[Axes], xlabel: str, title: str, path: st
     if "best in class" in handles:
         handles["best in class"] = handles.pop("best in class")
     if title:
-        fig.suptitle(title, fontsize=11)
+        # about 9 characters per inch at fontsize 11: wrap so a one-panel figure keeps its whole title
+        fig.suptitle(textwrap.fill(title, max(30, int(9 * fig.get_figwidth()))), fontsize=11)
     entry_in = 0.55 + 0.07 * max(map(len, handles))  # a legend entry's width in inches at fontsize 9
     rows = math.ceil(len(handles) / max(1, int(0.95 * fig.get_figwidth() / entry_in)))
     ncol = math.ceil(len(handles) / rows)  # balanced rows; entries fill column by column
