@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field
 
 from alignkit.algorithms.base import AlgorithmConfig
 from alignkit.bandits.linear import LinearBanditSpec
@@ -29,8 +29,10 @@ class BanditStudyConfig(AlgorithmConfig):
     methods: list[Literal["dpo", "rmb_po", "rmb_po_plus"]] = Field(
         ["dpo", "rmb_po", "rmb_po_plus"], min_length=1, description="Methods to compare."
     )
-    n: list[int] = Field([20], min_length=1, description="Preference-data sizes (pairs); each one setting.")
-    m_ratio: list[float] = Field(
+    n: list[Annotated[int, Field(ge=2)]] = Field(
+        [20], min_length=1, description="Preference-data sizes (pairs); each one setting."
+    )
+    m_ratio: list[Annotated[float, Field(ge=0)]] = Field(
         [0.5], min_length=1, description="RMB-PO+'s preference-free states per pair, m/n (0 = RMB-PO itself)."
     )
     seeds: list[int] = Field(
@@ -45,20 +47,6 @@ class BanditStudyConfig(AlgorithmConfig):
         "20000} or {name: adam, lr: 0.01, epochs: 5000, batch_size: null}.",
     )
     log_every: int = Field(10, ge=1, description="Evaluate and log the curves every N optimiser iterations.")
-
-    @field_validator("n")
-    @classmethod
-    def _n_positive(cls, v: list[int]) -> list[int]:
-        if any(x < 2 for x in v):
-            raise ValueError(f"every n must be at least 2 (got {v})")
-        return v
-
-    @field_validator("m_ratio")
-    @classmethod
-    def _ratios(cls, v: list[float]) -> list[float]:
-        if any(x < 0 for x in v):
-            raise ValueError(f"m/n ratios must be >= 0 (got {v})")
-        return v
 
 
 def budget_label(budget: Budget) -> str:
