@@ -46,7 +46,9 @@ class BanditStudyConfig(AlgorithmConfig):
         "(L-BFGS to a tiny gradient, continued in beta), or an optimiser such as {name: adagrad_norm, iterations: "
         "20000} or {name: adam, lr: 0.01, epochs: 5000, batch_size: null}.",
     )
-    log_every: int = Field(10, ge=1, description="Evaluate and log the curves every N optimiser iterations.")
+    log_every: int = Field(
+        25, ge=1, description="Evaluate on the true reward and log the curves every N optimiser iterations."
+    )
 
 
 def budget_label(budget: Budget) -> str:

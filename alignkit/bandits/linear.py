@@ -138,8 +138,8 @@ class LinearBandit:
         return x.mean(-1) if self.eval_weights is None else (x * self.eval_weights).sum(-1)
 
     def evaluate(self, params: Params, beta: float) -> dict[str, Tensor]:
-        logits = self.policy_logits(params, self.eval_features)
-        return evaluate_policy(logits, self.eval_rewards, self.log_ref, beta, self.eval_weights)
+        logits = (params["theta"][:, None, None, :] @ self._eval_phi_t)[:, :, 0]  # [S, K, N], see evaluate_policy
+        return evaluate_policy(logits, self._eval_r_t, self.log_ref, beta, self.eval_weights, action_dim=1)
 
     def gap(self, params: Params) -> Tensor:
         """V(pi*) - V(pi_theta) per seed: `evaluate(...)["gap"]`, several times cheaper, for curves."""
