@@ -104,20 +104,21 @@ class BanditPolicy(L.LightningModule):
         opt.step()  # type: ignore[union-attr]
         self.log("train/loss", loss.detach().mean(), on_step=True, on_epoch=False, batch_size=1)
         it = self.trainer.global_step
-        if it % self.log_every == 0 or self.trainer.max_steps == it:
+        if it % self.log_every == 0:
             self.record(it, self.params())
 
     def on_train_end(self) -> None:
+        # the last iteration is always on the curve, whether or not it falls on a log_every multiple
         if self.curve and self.curve[-1][0] != self.trainer.global_step and not isinstance(self.optim, LBFGSSpec | str):
             self.record(self.trainer.global_step, self.params())
 
     def _solve(self) -> None:
         from alignkit.bandits.study import optimize_converged
 
-        start = {k: v.detach() for k, v in self.params().items()}
         if self.optim == "converged":
             params, self.info = optimize_converged(self.env, self.loss_for_beta, self.beta, self.log_every, self.record)
         else:
+            start = {k: v.detach() for k, v in self.params().items()}
             params, self.info = lbfgs(start, self.loss_fn, self.optim, self.log_every, self.record)  # type: ignore[arg-type]
         with torch.no_grad():
             for k, v in params.items():
@@ -135,13 +136,12 @@ class BanditPolicy(L.LightningModule):
             logged["eval/gap_se"] = float(metrics["gap"].std() / seeds**0.5) if seeds > 1 else 0.0
             self.logger.log_metrics(logged, step=iteration)
 
-    def final(self) -> dict[str, Tensor]:
-        with torch.no_grad():
-            out = dict(self.env.evaluate(self.params(), self.beta))
-        if self.curve:
-            out["trajectory/step"] = torch.tensor([s for s, _ in self.curve])
-            out["trajectory/gap"] = torch.stack([g for _, g in self.curve], dim=1)
-        return out
+    def trajectory(self) -> dict[str, Tensor]:
+        """The recorded curve: trajectory/step [T] and trajectory/gap [S, T]."""
+        return {
+            "trajectory/step": torch.tensor([s for s, _ in self.curve]),
+            "trajectory/gap": torch.stack([g for _, g in self.curve], dim=1),
+        }
 
 
 def _key(name: str) -> str:

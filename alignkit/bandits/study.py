@@ -182,8 +182,7 @@ def train_method(
         out["policy/theta"] = params["theta"]
         out["theta_norm"] = params["theta"].norm(dim=1)
     if log_every:
-        curve = module.final()
-        out["trajectory/step"], out["trajectory/gap"] = curve["trajectory/step"], curve["trajectory/gap"]
+        out.update(module.trajectory())
     return out
 
 
