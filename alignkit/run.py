@@ -129,6 +129,15 @@ def build_models(cfg: Any, algorithm: type[AlignModule]) -> tuple[dict[str, nn.M
             continue
         build = build_causal_lm if section in CAUSAL_SECTIONS else build_scalar_model
         models[section] = build(spec, tokenizer)
+    if "reference" in models and "policy" in models:
+        # log-ratios compare the two models token by token, so they must share one vocabulary
+        sizes = {s: models[s].get_input_embeddings().num_embeddings for s in ("policy", "reference")}
+        if sizes["policy"] != sizes["reference"]:
+            raise RunError(
+                f"reference: its vocabulary has {sizes['reference']} tokens, the policy's {sizes['policy']}; "
+                "the reference must use the policy's tokenizer (leave the reference section out to use a "
+                "copy of the policy)"
+            )
     return models, tokenizer
 
 
@@ -217,11 +226,12 @@ def _fit(cfg: Any, algorithm: type[AlignModule], hw: dict[str, Any], run_dir: Pa
     t = cfg.trainer
     L.seed_everything(t.seed, workers=True, verbose=False)
     models, tokenizer = build_models(cfg, algorithm)
-    train_set, eval_set = build_datasets(cfg.data, algorithm.records, tokenizer, seed=t.seed)
-    data = AlignData(
-        train_set, eval_set, Collator(algorithm.records, tokenizer.pad_token_id), t.micro_batch_size, t.seed
-    )
     module = algorithm(cfg, models, tokenizer)
+    loaded = build_datasets(cfg.data, algorithm.record_kind(cfg), tokenizer, seed=t.seed)
+    train_set, eval_set = module.prepare_datasets(*loaded)  # now in the `records` kind the batches hold
+    # each row's position in its set, for caches keyed by row (precomputed reference log-probs)
+    train_set, eval_set = (None if ds is None else ds.add_column("index", list(range(len(ds)))) for ds in (train_set, eval_set))
+    data = AlignData(train_set, eval_set, Collator(algorithm.records, tokenizer.pad_token_id), t.micro_batch_size, t.seed)
 
     world = hw["devices"] * hw["num_nodes"]
     if t.prompts_per_step % (t.micro_batch_size * world):

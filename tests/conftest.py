@@ -26,6 +26,18 @@ MINIMAL: dict[str, dict[str, Any]] = {
         "reward_model": {"architecture": "llama", "hidden_size": 32, "num_layers": 1, "num_heads": 2},
         "data": {"train": {"generator": "sentiment_pairs", "args": {"n": 64}}, "max_length": 64},
     },
+    "dpo": {
+        "name": "t",
+        "algorithm": {"name": "dpo"},
+        "policy": {"architecture": "llama", "hidden_size": 32, "num_layers": 1, "num_heads": 2},
+        "data": {"train": {"generator": "sentiment_pairs", "args": {"n": 64}}, "max_length": 64},
+    },
+    "kto": {
+        "name": "t",
+        "algorithm": {"name": "kto"},
+        "policy": {"architecture": "llama", "hidden_size": 32, "num_layers": 1, "num_heads": 2},
+        "data": {"train": {"generator": "sentiment_unpaired", "args": {"n": 64}}, "max_length": 64},
+    },
     "bandit_study": {
         "name": "t",
         "algorithm": {

@@ -30,7 +30,7 @@ class AlignModule(L.LightningModule):
     models: ClassVar[tuple[str, ...]] = ("policy",)  # model sections it uses
     required_models: ClassVar[tuple[str, ...]] = ("policy",)  # ... of which these must be in the YAML
     trained: ClassVar[tuple[str, ...]] = ("policy",)  # ... and these get gradients and are exported
-    records: ClassVar[str | None] = "completion"  # the data record kind (alignkit.data), None = no data
+    records: ClassVar[str | None] = "completion"  # the record kind of its batches (alignkit.data), None = no data
 
     def __init__(self, cfg: Any, models: dict[str, nn.Module], tokenizer: Any) -> None:
         super().__init__()
@@ -46,6 +46,16 @@ class AlignModule(L.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         self.last_eval_step = self.global_step
+
+    @classmethod
+    def record_kind(cls, cfg: Any) -> str | None:
+        """The record kind this run loads: `records`, unless the algorithm also accepts another kind and
+        converts it in prepare_datasets (KTO splits preference pairs into unpaired examples)."""
+        return cls.records
+
+    def prepare_datasets(self, train: Any, eval_set: Any) -> tuple[Any, Any]:
+        """Reshape the tokenized train/eval sets before batching (e.g. KTO's mismatched pairs); default: as is."""
+        return train, eval_set
 
     @property
     def frozen(self) -> list[str]:

@@ -17,6 +17,8 @@ PREFIXES: dict[str, tuple[str, ...]] = {
     "preference": ("chosen_", "rejected_"),
     "prompt": ("prompt_",),
 }
+# Sequences some datasets add to a kind (KTO's mismatched prompt/completion pairs, alignkit.data.transforms).
+OPTIONAL_PREFIXES = ("kl_",)
 
 
 def pad(seqs: list[list[int]], value: int, side: Literal["left", "right"]) -> torch.Tensor:
@@ -29,8 +31,9 @@ def pad(seqs: list[list[int]], value: int, side: Literal["left", "right"]) -> to
 class Collator:
     """Rows -> dict of tensors: `<prefix>input_ids`, `<prefix>attention_mask`, `<prefix>completion_mask`.
 
-    Preference rows pad chosen and rejected to one length T, so the two can be concatenated along the
-    batch for a single forward pass. `padding_side=None` means left for prompts (generation appends on
+    All sequences of a row (chosen and rejected; an example and its mismatched pair) are padded to one
+    length T, so they can be concatenated along the batch for a single forward pass. An `index` column
+    (the row's position in its dataset) is passed through, for caches keyed by row. `padding_side=None` means left for prompts (generation appends on
     the right) and right otherwise.
     """
 
@@ -40,7 +43,7 @@ class Collator:
 
     def __call__(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         side = self.padding_side or ("left" if self.kind == "prompt" else "right")
-        prefixes = PREFIXES[self.kind]
+        prefixes = PREFIXES[self.kind] + tuple(p for p in OPTIONAL_PREFIXES if f"{p}input_ids" in rows[0])
         ids = [row[f"{p}input_ids"] for p in prefixes for row in rows]
         columns = {
             "input_ids": pad(ids, self.pad_token_id, side),
@@ -54,6 +57,8 @@ class Collator:
                 batch[f"{p}{name}"] = part
         if self.kind == "unpaired":
             batch["label"] = torch.tensor([row["label"] for row in rows], dtype=torch.bool)
+        if "index" in rows[0]:
+            batch["index"] = torch.tensor([row["index"] for row in rows], dtype=torch.long)
         if self.kind == "preference" and "margin" in rows[0]:
             batch["margin"] = torch.tensor([row["margin"] for row in rows], dtype=torch.float)
         return batch

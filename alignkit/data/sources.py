@@ -77,6 +77,12 @@ def _read(source: SourceSpec) -> Dataset:
     return data
 
 
+def source_columns(source: SourceSpec) -> list[str]:
+    """The standard column names a source provides (after its `columns` mapping), without checking rows."""
+    renames = {col: std for std, col in source.columns.items()}
+    return [renames.get(col, col) for col in _read(source).column_names]
+
+
 def _map_columns(ds: Dataset, source: SourceSpec, key: str) -> Dataset:
     """Rename source columns to the standard names; a mapped name wins over a same-named source column."""
     absent = [col for col in source.columns.values() if col not in ds.column_names]

@@ -39,3 +39,13 @@ def masked_mean(x: Tensor, mask: Tensor, dim: int | None = None) -> Tensor:
 def model_logits(model: torch.nn.Module, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
     """A causal LM's logits with position ids taken from the mask (padding side does not matter)."""
     return model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids(attention_mask)).logits
+
+
+def sequence_logprobs(model: torch.nn.Module, input_ids: Tensor, attention_mask: Tensor, completion_mask: Tensor) -> Tensor:
+    """log p(completion | prompt) of each row, [B]: token log-probs summed over the completion tokens.
+
+    Position ids come from the mask, so a row gives the same number however it is padded (left, right, or
+    batched with longer rows); padding and prompt tokens never count.
+    """
+    logits = model_logits(model, input_ids, attention_mask)
+    return masked_sum(token_logprobs(logits, input_ids), completion_mask, dim=-1)

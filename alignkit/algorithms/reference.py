@@ -1,0 +1,89 @@
+"""The frozen reference model's sequence log-probs: a forward every step, or a cache filled once before training."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+from lightning.pytorch.utilities import rank_zero_info
+from pydantic import Field
+from torch import Tensor
+
+from alignkit.algorithms.base import AlgorithmConfig
+from alignkit.data.loader import ShardedSampler
+from alignkit.ops import sequence_logprobs
+
+
+class ReferenceConfig(AlgorithmConfig):
+    """Options of algorithms that compare the policy with a frozen reference model."""
+
+    precompute_ref_logps: bool = Field(
+        False,
+        description="Compute the reference log-probs of every train and eval sequence once, before training, "
+        "and reuse them every epoch: no reference forward per step (the reference is frozen, so the "
+        "numbers are the same).",
+    )
+
+
+def concat_sequences(batch: dict[str, Tensor], prefixes: tuple[str, ...]) -> tuple[Tensor, Tensor, Tensor]:
+    """input_ids, attention_mask, completion_mask of the sequences under `prefixes`, stacked along the batch.
+
+    The collator pads all sequences of a row to one length, so they concatenate into one forward pass.
+    """
+    return tuple(torch.cat([batch[f"{p}{name}"] for p in prefixes]) for name in _COLUMNS)  # type: ignore[return-value]
+
+
+_COLUMNS = ("input_ids", "attention_mask", "completion_mask")
+
+
+def forward_logps(model: torch.nn.Module, batch: dict[str, Tensor], prefixes: tuple[str, ...]) -> Tensor:
+    """[B, len(prefixes)] sequence log-probs of each prefix's sequences, in one forward."""
+    logps = sequence_logprobs(model, *concat_sequences(batch, prefixes))
+    return logps.view(len(prefixes), -1).T
+
+
+def reference_logps(module: Any, batch: dict[str, Tensor], prefixes: tuple[str, ...], split: str) -> Tensor:
+    """[B, len(prefixes)] reference log-probs: from the precomputed cache when there is one, else a forward."""
+    cache: dict[str, Tensor] | None = getattr(module, "ref_cache", None)
+    if cache is not None:
+        return cache[split][batch["index"].cpu()].to(module.device)
+    with torch.no_grad():
+        return forward_logps(module.reference, batch, prefixes)
+
+
+@torch.no_grad()
+def precompute_reference_logps(module: Any, prefixes: tuple[str, ...]) -> dict[str, Tensor]:
+    """{split: [N, len(prefixes)]} reference log-probs of every row of the train and eval sets.
+
+    Each rank computes its share (so a sharded reference works: all ranks forward in step) and the shares
+    are gathered, so every rank holds the whole table. Called from `on_fit_start`, after sharding.
+    """
+    trainer, data = module.trainer, module.trainer.datamodule
+    start = time.perf_counter()
+    cache = {}
+    for split, dataset in (("train", data.train_set), ("eval", data.eval_set)):
+        if dataset is None:
+            continue
+        sampler = ShardedSampler(
+            len(dataset), rank=trainer.global_rank, world=trainer.world_size, seed=0, shuffle=False
+        )
+        loader = torch.utils.data.DataLoader(
+            dataset, batch_size=data.micro_batch_size, sampler=sampler, collate_fn=data.collator
+        )
+        indices, values = [], []
+        for batch in loader:
+            batch = {k: v.to(module.device) for k, v in batch.items()}
+            indices.append(batch["index"])
+            values.append(forward_logps(module.reference, batch, prefixes).float())
+        index, value = torch.cat(indices), torch.cat(values)
+        if trainer.world_size > 1:  # every rank has as many rows (the sampler pads), so shapes agree
+            index, value = module.all_gather(index).flatten(), module.all_gather(value).flatten(0, 1)
+        table = torch.full((len(dataset), len(prefixes)), float("nan"))
+        table[index.cpu()] = value.cpu()
+        cache[split] = table
+    rank_zero_info(
+        f"reference log-probs of {sum(len(t) for t in cache.values())} rows precomputed in "
+        f"{time.perf_counter() - start:.1f} s"
+    )
+    return cache
