@@ -230,8 +230,12 @@ def _fit(cfg: Any, algorithm: type[AlignModule], hw: dict[str, Any], run_dir: Pa
     loaded = build_datasets(cfg.data, algorithm.record_kind(cfg), tokenizer, seed=t.seed)
     train_set, eval_set = module.prepare_datasets(*loaded)  # now in the `records` kind the batches hold
     # each row's position in its set, for caches keyed by row (precomputed reference log-probs)
-    train_set, eval_set = (None if ds is None else ds.add_column("index", list(range(len(ds)))) for ds in (train_set, eval_set))
-    data = AlignData(train_set, eval_set, Collator(algorithm.records, tokenizer.pad_token_id), t.micro_batch_size, t.seed)
+    train_set, eval_set = (
+        None if ds is None else ds.add_column("index", list(range(len(ds)))) for ds in (train_set, eval_set)
+    )
+    data = AlignData(
+        train_set, eval_set, Collator(algorithm.records, tokenizer.pad_token_id), t.micro_batch_size, t.seed
+    )
 
     world = hw["devices"] * hw["num_nodes"]
     if t.prompts_per_step % (t.micro_batch_size * world):

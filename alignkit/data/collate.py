@@ -33,8 +33,8 @@ class Collator:
 
     All sequences of a row (chosen and rejected; an example and its mismatched pair) are padded to one
     length T, so they can be concatenated along the batch for a single forward pass. An `index` column
-    (the row's position in its dataset) is passed through, for caches keyed by row. `padding_side=None` means left for prompts (generation appends on
-    the right) and right otherwise.
+    (the row's position in its dataset) is passed through, for caches keyed by row. `padding_side=None`
+    means left for prompts (generation appends on the right) and right otherwise.
     """
 
     kind: RecordKind

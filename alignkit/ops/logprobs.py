@@ -41,7 +41,9 @@ def model_logits(model: torch.nn.Module, input_ids: Tensor, attention_mask: Tens
     return model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids(attention_mask)).logits
 
 
-def sequence_logprobs(model: torch.nn.Module, input_ids: Tensor, attention_mask: Tensor, completion_mask: Tensor) -> Tensor:
+def sequence_logprobs(
+    model: torch.nn.Module, input_ids: Tensor, attention_mask: Tensor, completion_mask: Tensor
+) -> Tensor:
     """log p(completion | prompt) of each row, [B]: token log-probs summed over the completion tokens.
 
     Position ids come from the mask, so a row gives the same number however it is padded (left, right, or
