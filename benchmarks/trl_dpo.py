@@ -172,7 +172,8 @@ def run_trl_dpo(
     `prompt_input_ids` (beginning with BOS), `chosen_input_ids` and `rejected_input_ids` (completion tokens only,
     ending with EOS). Returns:
 
-    - first_loss: the logged loss of step 1, computed before any update (log(2) when the reference is the policy).
+    - first_loss: the logged loss of step 1, computed before any update (log(2) when the reference is the policy);
+      losses: the logged loss of every step.
     - samples_per_s, tokens_per_s: pairs, and non-pad tokens of the chosen and rejected sequences (prompt counted
       in both), per second of wall time from the end of step 1 to the end of step `steps`; step 1 is left out as
       warm-up. Batch collation and TRL's per-step metrics and logging fall inside that window, the reference
@@ -202,6 +203,7 @@ def run_trl_dpo(
     peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
     return {
         "first_loss": first_loss,
+        "losses": [_logged_loss(trainer.state.log_history, step=k) for k in range(1, steps + 1)],
         "samples_per_s": pairs / seconds,
         "tokens_per_s": tokens / seconds,
         "peak_rss_mb": peak_kb / 1024,
