@@ -55,17 +55,23 @@ def kto_loss(
     loss_d = desirable_weight * (1 - torch.sigmoid(beta * (ratio - z0)))
     loss_u = undesirable_weight * (1 - torch.sigmoid(beta * (z0 - ratio)))
     loss = torch.where(desirable, loss_d, loss_u).mean()
-    reward = beta * ratio.detach()
-    metrics = {"loss": loss.detach(), "kl/z0": z0}
+    metrics = {"loss": loss.detach(), "kl/z0": z0, **group_metrics(policy_logps, ref_logps, desirable, beta)}
+    return loss, metrics
+
+
+def group_metrics(policy_logps: Tensor, ref_logps: Tensor, desirable: Tensor, beta: float) -> dict[str, Tensor]:
+    """KTO's reward and log-prob metrics by group (chosen = desirable, rejected = undesirable); see kto_loss."""
+    reward, policy_logps = beta * (policy_logps - ref_logps).detach(), policy_logps.detach()
+    metrics = {}
     for group, rows in (("chosen", desirable), ("rejected", ~desirable)):
         if rows.any():
             metrics[f"rewards/{group}"] = reward[rows].mean()
-            metrics[f"logps/{group}"] = policy_logps.detach()[rows].mean()
+            metrics[f"logps/{group}"] = policy_logps[rows].mean()
     if desirable.any() and (~desirable).any():
         metrics["rewards/margins"] = metrics["rewards/chosen"] - metrics["rewards/rejected"]
         pairs = reward[desirable][:, None] - reward[~desirable][None, :]
         metrics["rewards/accuracies"] = (pairs > 0).float().mean()
-    return loss, metrics
+    return metrics
 
 
 class KTO(AlignModule):
@@ -137,5 +143,12 @@ class KTO(AlignModule):
             self.algo.desirable_weight,
             self.algo.undesirable_weight,
         )
+        if self.trainer.world_size > 1:
+            # Which groups a micro-batch holds differs between ranks; taken over every rank's examples, the
+            # group metrics (and so the logged tags, which eval synchronises across ranks) are the same.
+            shared = (policy, ref[:, 0], batch["label"].float())
+            policy_all, ref_all, label_all = (self.all_gather(t.detach()).flatten(0, 1) for t in shared)
+            metrics = {"loss": metrics["loss"], "kl/z0": metrics["kl/z0"]}
+            metrics.update(group_metrics(policy_all, ref_all, label_all.bool(), self.algo.beta))
         self.log_split(split, metrics, batch_size=len(policy))
         return loss

@@ -33,6 +33,15 @@ trainer: {max_steps: 2, prompts_per_step: 4, micro_batch_size: 2}
 logging: {progress_bar: false}
 """
 
+OFFLINE = """
+name: dist_offline
+algorithm: {name: ALGO}
+policy: {architecture: llama, hidden_size: 32, num_layers: 1, num_heads: 2}
+data: {train: {generator: sentiment_pairs, args: {n: 32}}, eval_fraction: 0.25, max_length: 64}
+trainer: {max_steps: 2, prompts_per_step: 8, micro_batch_size: 2}
+logging: {progress_bar: false}
+"""
+
 
 def alignkit(tmp: Path, text: str, *overrides: str) -> subprocess.CompletedProcess[str]:
     cfg = tmp / "cfg.yaml"
@@ -89,3 +98,25 @@ def test_reward_model_trains_under_ddp(tmp_path: Path) -> None:
     assert status(run_dir)["status"] == "finished"
     model = AutoModelForSequenceClassification.from_pretrained(run_dir / "hf" / "reward_model")
     assert model.config.num_labels == 1
+
+
+@pytest.mark.parametrize(
+    ("algorithm", "extra"),
+    [
+        ("dpo", []),
+        ("dpo", ["algorithm.precompute_ref_logps=true"]),
+        ("kto", []),
+        ("kto", ["algorithm.precompute_ref_logps=true"]),
+    ],
+    ids=["dpo", "dpo-precomputed", "kto", "kto-precomputed"],
+)
+def test_offline_preference_trains_under_ddp(tmp_path: Path, algorithm: str, extra: list[str]) -> None:
+    """Two processes: the reference copy, the precompute gathered across ranks, KTO's z0 over both ranks."""
+    alignkit(tmp_path, OFFLINE.replace("ALGO", algorithm), "hardware.preset=ddp-cpu-2", *extra)
+    record = status(tmp_path / "runs" / "dist_offline" / "version_0")
+    assert record["status"] == "finished" and record["global_step"] == 2
+    metrics = record["metrics"]
+    assert 0.0 <= metrics["eval/rewards/accuracies"] <= 1.0
+    assert torch.isfinite(torch.tensor([metrics["train/loss"], metrics["eval/loss"]])).all()
+    if algorithm == "kto":
+        assert metrics["train/kl/z0"] >= 0.0

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from alignkit.algorithms.reward_model import bradley_terry_loss
 from alignkit.algorithms.sft import AGGREGATIONS, SFTConfig, sft_loss
 from alignkit.models import ARCHITECTURES, ModelSpec, build_causal_lm, byte_tokenizer
-from alignkit.ops import masked_mean, masked_sum, model_logits, position_ids, token_logprobs
+from alignkit.ops import masked_mean, masked_sum, model_logits, position_ids, sequence_logprobs, token_logprobs
 
 # -- SFT ------------------------------------------------------------------------------------------------
 
@@ -229,8 +229,7 @@ def test_left_and_right_padding_give_the_same_sequence_logprobs(arch: str, attn:
         # a token is predicted when it and the token before it are real (the first real token is not)
         predicted = mask * F.pad(mask[:, :-1], (1, 0))
         with torch.no_grad():
-            logps = token_logprobs(model_logits(model, batch["input_ids"], mask), batch["input_ids"])
-        sums[side] = masked_sum(logps, predicted, dim=-1)
+            sums[side] = sequence_logprobs(model, batch["input_ids"], mask, predicted)
     torch.testing.assert_close(sums["left"], sums["right"], rtol=1e-5, atol=1e-5)
     # and each equals the unpadded sequence alone
     for i, text in enumerate(TEXTS):
@@ -238,3 +237,17 @@ def test_left_and_right_padding_give_the_same_sequence_logprobs(arch: str, attn:
         with torch.no_grad():
             alone = token_logprobs(model(input_ids=ids).logits, ids)[0, 1:].sum()
         torch.testing.assert_close(sums["left"][i], alone, rtol=1e-5, atol=1e-5)
+
+
+def test_sequence_logprobs_sums_the_completion_tokens_only() -> None:
+    """Completion = the last 2 tokens of each row: their log-probs summed, prompt and padding left out."""
+    tok = byte_tokenizer()
+    model = build_causal_lm(ModelSpec(architecture="llama", hidden_size=32, num_layers=1, num_heads=2), tok).eval()
+    batch = tok(["abcd", "xy"], return_tensors="pt", padding=True)  # right padding: [BOS a b c d], [BOS x y PAD PAD]
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    completion = torch.tensor([[0, 0, 0, 1, 1], [0, 1, 1, 0, 0]])
+    with torch.no_grad():
+        got = sequence_logprobs(model, ids, mask, completion)
+        per_token = token_logprobs(model_logits(model, ids, mask), ids)
+    expected = torch.stack([per_token[0, 3] + per_token[0, 4], per_token[1, 1] + per_token[1, 2]])
+    torch.testing.assert_close(got, expected)

@@ -1,0 +1,123 @@
+"""DPO and KTO end to end: the reference model (copy, own path, precomputed), KTO's data kinds, bad data."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import minimal
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from alignkit.algorithms import ALGORITHMS
+from alignkit.config.load import validate_dict
+from alignkit.data import DataError
+from alignkit.data.generators import sentiment_pairs, sentiment_unpaired, write_jsonl
+from alignkit.models import ModelSpec, build_causal_lm, byte_tokenizer, save_hf
+from alignkit.run import RunError, run
+
+TINY = {"architecture": "llama", "hidden_size": 32, "num_layers": 1, "num_heads": 2}
+
+
+def cfg_for(algorithm: str, root: Path, /, **overrides: Any) -> Any:
+    data = minimal(algorithm)
+    data["data"] = {**data["data"], "eval_fraction": 0.25}
+    data.update(
+        trainer={"max_steps": 3, "prompts_per_step": 4, "micro_batch_size": 4, "log_every_n_steps": 1},
+        hardware={"accelerator": "cpu", "strategy": "single"},
+        logging={"root": str(root), "progress_bar": False},
+        checkpoint={"export_hf": False},
+    )
+    for key, value in overrides.items():
+        data[key] = {**data.get(key, {}), **value} if isinstance(value, dict) else value
+    return validate_dict(data)
+
+
+def curve(run_dir: Path, tag: str) -> list[float]:
+    return [e.value for e in EventAccumulator(str(run_dir)).Reload().Scalars(tag)]
+
+
+@pytest.mark.parametrize("algorithm", ["dpo", "kto"])
+def test_precomputed_reference_logps_give_the_same_run(algorithm: str, tmp_path: Path) -> None:
+    """The reference is frozen: one pass before training gives the numbers a forward per step would."""
+    live = run(cfg_for(algorithm, tmp_path / "live"))
+    cached = run(cfg_for(algorithm, tmp_path / "cached", algorithm={"precompute_ref_logps": True}))
+    for tag in ("train/loss", "train/rewards/margins"):
+        assert curve(cached.run_dir, tag) == pytest.approx(curve(live.run_dir, tag), rel=1e-5, abs=1e-6)
+    for key in ("eval/loss", "eval/rewards/accuracies", "eval/logps/chosen"):
+        assert cached.metrics[key] == pytest.approx(live.metrics[key], rel=1e-5, abs=1e-6)
+
+
+@pytest.mark.parametrize("algorithm", ["dpo", "kto"])
+def test_precomputed_reference_skips_the_reference_forward(
+    algorithm: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Counted by a forward hook: reference forwards happen before training starts, and never after."""
+    module_cls = ALGORITHMS.get(algorithm)
+    calls: list[int] = []
+    original = module_cls.on_fit_start
+
+    def count_reference_calls(self: Any) -> None:
+        self.reference.register_forward_hook(lambda *_: calls.append(1))
+        original(self)
+        calls.append(0)  # marks the end of the precompute pass
+
+    monkeypatch.setattr(module_cls, "on_fit_start", count_reference_calls)
+    run(cfg_for(algorithm, tmp_path, algorithm={"precompute_ref_logps": True}))
+    assert sum(calls) > 0 and calls[-1] == 0  # forwards happened, all of them before the marker
+
+
+def test_the_default_reference_is_the_starting_policy(tmp_path: Path) -> None:
+    """Policy == reference at step 1: every log-ratio is 0, so DPO's first loss is exactly log 2."""
+    result = run(cfg_for("dpo", tmp_path))
+    assert curve(result.run_dir, "train/loss")[0] == pytest.approx(0.693147, abs=1e-6)
+    assert curve(result.run_dir, "train/rewards/margins")[0] == 0.0
+
+
+def test_a_reference_from_its_own_path(tmp_path: Path) -> None:
+    """A reference saved elsewhere (other weights) is loaded from its path: the first loss is no longer log 2."""
+    tok = byte_tokenizer()
+    ref_dir = save_hf(build_causal_lm(ModelSpec(**TINY, init_seed=7), tok), tok, tmp_path / "ref")
+    result = run(cfg_for("dpo", tmp_path / "runs", reference={"path": str(ref_dir)}))
+    assert curve(result.run_dir, "train/loss")[0] != pytest.approx(0.693147, abs=1e-4)
+
+
+def test_a_reference_with_another_vocabulary_is_refused(tmp_path: Path) -> None:
+    tok = byte_tokenizer()
+    tok.add_tokens(["<extra>"])
+    ref_dir = save_hf(build_causal_lm(ModelSpec(**TINY), tok), tok, tmp_path / "ref")
+    with pytest.raises(RunError, match=r"reference: its vocabulary has \d+ tokens, the policy's \d+"):
+        run(cfg_for("dpo", tmp_path / "runs", reference={"path": str(ref_dir)}))
+
+
+@pytest.mark.parametrize(("rows", "kind"), [(sentiment_pairs, "preference"), (sentiment_unpaired, "unpaired")])
+def test_kto_reads_pairs_or_labelled_examples_from_files(rows: Any, kind: str, tmp_path: Path) -> None:
+    path = write_jsonl(rows(n=24), tmp_path / "data.jsonl")
+    cfg = cfg_for("kto", tmp_path / "runs", data={"train": {"path": str(path)}})
+    assert ALGORITHMS.get("kto").record_kind(cfg) == kind
+    result = run(cfg)
+    assert {"train/kl/z0", "eval/rewards/accuracies"} <= set(result.metrics)
+
+
+# Each: a file with one bad row (row 2), the algorithm, and what the error must say.
+BAD = [
+    ("dpo", [{"prompt": "p", "chosen": " a"}], r"row 2: missing 'rejected'"),
+    ("kto", [{"prompt": "p", "completion": " a", "label": "yes"}], r"row 2: 'label' must be true or false"),
+    ("kto", [{"prompt": "p", "completion": "  ", "label": True}], r"row 2: 'completion' is empty"),
+    ("dpo", [{"prompt": "p", "chosen": "", "rejected": " b"}], r"row 2: 'chosen' is empty"),
+]
+
+
+@pytest.mark.parametrize(("algorithm", "bad", "message"), BAD)
+def test_bad_rows_fail_before_training_with_file_and_row(
+    algorithm: str, bad: list[dict], message: str, tmp_path: Path
+) -> None:
+    good = sentiment_pairs(n=1)[0] if algorithm == "dpo" else sentiment_unpaired(n=1)[0]
+    path = write_jsonl([good, *bad, good], tmp_path / "bad.jsonl")
+    cfg = cfg_for(algorithm, tmp_path / "runs", data={"train": {"path": str(path)}})
+    with pytest.raises(DataError, match=rf"{path}: {message}"):
+        run(cfg)
+    run_dir = tmp_path / "runs" / "t" / "version_0"
+    assert json.loads((run_dir / "run.json").read_text())["status"] == "failed"
+    assert not (run_dir / "checkpoints").exists()  # nothing trained
