@@ -22,6 +22,8 @@ setup: $(STAMP)
 demo: setup
 	$(BIN)/alignkit run experiments/sft_tiny.yaml
 	$(BIN)/alignkit run experiments/reward_model_tiny.yaml
+	$(BIN)/alignkit run experiments/dpo_tiny.yaml
+	$(BIN)/alignkit run experiments/kto_tiny.yaml
 
 lint: setup
 	$(BIN)/ruff check alignkit tests benchmarks

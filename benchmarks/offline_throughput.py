@@ -194,7 +194,8 @@ def main() -> None:
                     f"peak {r['peak_rss_mb']:7.0f} MB  wall {r['wall_s']:6.1f} s  first loss {r['first_loss']:.6f}"
                 )
     if not use_trl:
-        print("  (trl not installed: pip install -e .[bench] to compare with TRL's DPOTrainer)")
+        if not args.no_trl:
+            print("  (trl is not installed: pip install -e .[bench] to compare with TRL's DPOTrainer)")
         return
     for suffix in ("", " + precomputed ref"):
         a, t = results[f"alignkit{suffix}"], results[f"trl{suffix}"]

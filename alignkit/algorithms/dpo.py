@@ -120,8 +120,9 @@ class DPO(AlignModule):
             self.ref_cache = precompute_reference_logps(self, self.SEQUENCES)
 
     def step(self, batch: dict[str, Tensor], split: str) -> Tensor:
-        policy = forward_logps(self.policy, batch, self.SEQUENCES)
+        # the reference first: its activations are freed before the policy's graph is built, not on top of it
         ref = reference_logps(self, batch, self.SEQUENCES, split)
+        policy = forward_logps(self.policy, batch, self.SEQUENCES)
         loss, metrics = dpo_loss(
             policy[:, 0],
             policy[:, 1],

@@ -126,10 +126,12 @@ class KTO(AlignModule):
             self.ref_cache = precompute_reference_logps(self, self.SEQUENCES)
 
     def step(self, batch: dict[str, Tensor], split: str) -> Tensor:
-        policy = forward_logps(self.policy, batch, ("",))[:, 0]
-        with torch.no_grad():  # z0 is a constant in the loss: no graph for the mismatched pairs
-            policy_kl = forward_logps(self.policy, batch, ("kl_",))[:, 0]
+        # The forwards without a graph come first, so their activations are freed before the policy's
+        # graph is built rather than adding to it. z0 is a constant in the loss: no graph for the KL pairs.
         ref = reference_logps(self, batch, self.SEQUENCES, split)
+        with torch.no_grad():
+            policy_kl = forward_logps(self.policy, batch, ("kl_",))[:, 0]
+        policy = forward_logps(self.policy, batch, ("",))[:, 0]
         # z0 is a mean over every rank's micro-batch, as one estimate for the whole step
         kl_sum = torch.stack([(policy_kl - ref[:, 1]).sum(), torch.tensor(float(len(policy_kl)), device=self.device)])
         if self.trainer.world_size > 1:

@@ -38,7 +38,9 @@ def masked_mean(x: Tensor, mask: Tensor, dim: int | None = None) -> Tensor:
 
 def model_logits(model: torch.nn.Module, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
     """A causal LM's logits with position ids taken from the mask (padding side does not matter)."""
-    return model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids(attention_mask)).logits
+    return model(
+        input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids(attention_mask), use_cache=False
+    ).logits
 
 
 def sequence_logprobs(

@@ -107,11 +107,12 @@ def test_reward_model_trains_under_ddp(tmp_path: Path) -> None:
         ("dpo", ["algorithm.precompute_ref_logps=true"]),
         ("kto", []),
         ("kto", ["algorithm.precompute_ref_logps=true"]),
+        ("dpo", ["algorithm.precompute_ref_logps=true", "hardware.preset=fsdp-cpu-2"]),
     ],
-    ids=["dpo", "dpo-precomputed", "kto", "kto-precomputed"],
+    ids=["dpo", "dpo-precomputed", "kto", "kto-precomputed", "dpo-fsdp-precomputed"],
 )
-def test_offline_preference_trains_under_ddp(tmp_path: Path, algorithm: str, extra: list[str]) -> None:
-    """Two processes: the reference copy, the precompute gathered across ranks, KTO's z0 over both ranks."""
+def test_offline_preference_trains_on_two_processes(tmp_path: Path, algorithm: str, extra: list[str]) -> None:
+    """DDP (and FSDP): the reference copy, the precompute gathered across ranks, KTO's z0 over both ranks."""
     alignkit(tmp_path, OFFLINE.replace("ALGO", algorithm), "hardware.preset=ddp-cpu-2", *extra)
     record = status(tmp_path / "runs" / "dist_offline" / "version_0")
     assert record["status"] == "finished" and record["global_step"] == 2

@@ -100,6 +100,21 @@ def test_kto_reads_pairs_or_labelled_examples_from_files(rows: Any, kind: str, t
     assert {"train/kl/z0", "eval/rewards/accuracies"} <= set(result.metrics)
 
 
+def test_dpo_on_conversational_pairs(tmp_path: Path) -> None:
+    """Prompt as messages, chosen/rejected as assistant messages: only the assistant turn counts."""
+    rows = [
+        {
+            "prompt": [{"role": "user", "content": f"Review {i}?"}],
+            "chosen": [{"role": "assistant", "content": " great fun"}],
+            "rejected": [{"role": "assistant", "content": " dull and weak"}],
+        }
+        for i in range(16)
+    ]
+    path = write_jsonl(rows, tmp_path / "chat.jsonl")
+    result = run(cfg_for("dpo", tmp_path / "runs", data={"train": {"path": str(path)}}))
+    assert result.global_step == 3 and result.metrics["eval/logps/chosen"] < 0
+
+
 # Each: a file with one bad row (row 2), the algorithm, and what the error must say.
 BAD = [
     ("dpo", [{"prompt": "p", "chosen": " a"}], r"row 2: missing 'rejected'"),
