@@ -31,6 +31,7 @@ class AlignModule(L.LightningModule):
     required_models: ClassVar[tuple[str, ...]] = ("policy",)  # ... of which these must be in the YAML
     trained: ClassVar[tuple[str, ...]] = ("policy",)  # ... and these get gradients and are exported
     records: ClassVar[str | None] = "completion"  # the record kind of its batches (alignkit.data), None = no data
+    also_loads: ClassVar[tuple[str, ...]] = ()  # other kinds it converts into `records` (see record_kind)
 
     def __init__(self, cfg: Any, models: dict[str, nn.Module], tokenizer: Any) -> None:
         super().__init__()

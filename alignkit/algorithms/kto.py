@@ -83,6 +83,7 @@ class KTO(AlignModule):
     required_models = ("policy",)
     trained = ("policy",)
     records = "unpaired"
+    also_loads = ("preference",)
     SEQUENCES = ("", "kl_")  # the example, and its prompt with another row's completion
 
     @classmethod
