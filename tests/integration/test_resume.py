@@ -4,23 +4,32 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from alignkit.algorithms.sft import SFT
+from alignkit.algorithms import ALGORITHMS
 from alignkit.config.load import validate_dict
 from alignkit.run import run
 
+# (algorithm section, data source) of each algorithm resumed here; DPO with its reference log-probs
+# precomputed, which a resumed run computes again from the restored reference.
+SETUPS = {
+    "sft": ({"name": "sft"}, {"generator": "reverse_words", "args": {"n": 40}}),
+    "dpo": ({"name": "dpo", "precompute_ref_logps": True}, {"generator": "sentiment_pairs", "args": {"n": 40}}),
+}
 
-def _cfg(root: Path, resume: str = "none") -> object:
+
+def _cfg(root: Path, resume: str = "none", algorithm: str = "sft") -> object:
+    section, source = SETUPS[algorithm]
     return validate_dict(
         {
             "name": "resume",
-            "algorithm": {"name": "sft"},
+            "algorithm": section,
             "policy": {"architecture": "llama", "hidden_size": 32, "num_layers": 1, "num_heads": 2},
-            "data": {"train": {"generator": "reverse_words", "args": {"n": 40}}, "max_length": 48},
+            "data": {"train": source, "max_length": 48},
             # 40 rows / (4 x accumulation 2) = 5 optimizer steps per epoch: the crash and the resume
             # fall mid-epoch and mid-schedule, where data order and optimizer state both matter
             "trainer": {
@@ -38,27 +47,30 @@ def _cfg(root: Path, resume: str = "none") -> object:
 
 
 @pytest.mark.slow
-def test_crash_and_resume_matches_a_straight_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    straight = run(_cfg(tmp_path / "a"))
+@pytest.mark.parametrize("algorithm", sorted(SETUPS))
+def test_crash_and_resume_matches_a_straight_run(
+    algorithm: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    straight = run(_cfg(tmp_path / "a", algorithm=algorithm))
+    module_cls = ALGORITHMS.get(algorithm)
+    original = module_cls.training_step
 
-    original = SFT.training_step
-
-    def crash_after_step_4(self: SFT, batch: dict, idx: int) -> torch.Tensor:
+    def crash_after_step_4(self: Any, batch: dict, idx: int) -> torch.Tensor:
         if self.global_step == 4:
             raise RuntimeError("simulated crash")
         return original(self, batch, idx)
 
-    monkeypatch.setattr(SFT, "training_step", crash_after_step_4)
+    monkeypatch.setattr(module_cls, "training_step", crash_after_step_4)
     with pytest.raises(RuntimeError, match="simulated crash"):
-        run(_cfg(tmp_path / "b"))
+        run(_cfg(tmp_path / "b", algorithm=algorithm))
     crashed = tmp_path / "b" / "resume" / "version_0"
     assert json.loads((crashed / "run.json").read_text())["status"] == "failed"
     # the failed run's checkpoints stay readable: last (step 3) and the one written on the exception
     for name in ("last.ckpt", "on_exception.ckpt"):
         assert "state_dict" in torch.load(crashed / "checkpoints" / name, weights_only=False)
-    monkeypatch.setattr(SFT, "training_step", original)
+    monkeypatch.setattr(module_cls, "training_step", original)
 
-    resumed = run(_cfg(tmp_path / "b", resume="auto"))
+    resumed = run(_cfg(tmp_path / "b", resume="auto", algorithm=algorithm))
     assert resumed.run_dir == crashed  # continued in place, not a new version
     assert resumed.global_step == straight.global_step == 8
     assert resumed.metrics["train/loss"] == pytest.approx(straight.metrics["train/loss"], rel=1e-6)
