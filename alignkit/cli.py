@@ -114,7 +114,7 @@ def cmd_list(args: argparse.Namespace) -> int:
             print(f"  {name:24s} {desc}")
             if kind == "algorithms" and args.verbose:
                 algo = ALGORITHMS.get(name)
-                kinds = " or ".join(map(str, (algo.records, *algo.also_loads)))
+                kinds = " or ".join(map(str, (algo.records, *getattr(algo, "also_loads", ()))))
                 print(f"    uses: {', '.join(algo.models)}; trains: {', '.join(algo.trained)}; data: {kinds}")
                 print("\n".join("  " + line for line in fields_help(algo.Config, "algorithm.")))
     return 0

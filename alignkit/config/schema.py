@@ -196,7 +196,7 @@ def cross_section_problems(
         if s in present and s not in algo.models
     ]
     if algo.records is not None and "data" not in present:
-        kinds = " or ".join((algo.records, *algo.also_loads))
+        kinds = " or ".join((algo.records, *getattr(algo, "also_loads", ())))
         found.append(f"data: required by algorithm '{algo.name}', which trains on {kinds} records")
     sizes = (world, prompts_per_step, micro_batch_size)
     if all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in sizes):
