@@ -45,7 +45,8 @@ class PerfMonitor(L.Callback):
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, idx: int
     ) -> None:
-        rows, tokens = _batch_counts(batch)
+        # online algorithms count the sequences they generated, not the prompts of the batch
+        rows, tokens = getattr(pl_module, "last_counts", None) or _batch_counts(batch)
         self._samples += rows * trainer.world_size
         self._tokens += tokens * trainer.world_size
         if self._t0 is None or (idx + 1) % trainer.accumulate_grad_batches:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import platform
@@ -26,6 +25,7 @@ from alignkit.data import Collator, build_datasets
 from alignkit.data.loader import ResumableLoader, ShardedSampler
 from alignkit.hardware import trainer_kwargs
 from alignkit.models import build_causal_lm, build_scalar_model, load_tokenizer, save_hf
+from alignkit.rewards import build_reward
 
 # A process started by Lightning's launcher for ranks > 0 re-runs the same command; these tell it which
 # run directory and checkpoint rank 0 chose, so that it does not pick a new version.
@@ -118,14 +118,18 @@ def environment() -> dict[str, Any]:
 
 def build_models(cfg: Any, algorithm: type[AlignModule]) -> tuple[dict[str, nn.Module], Any]:
     """The models an algorithm uses, from their sections; a missing `reference` is a copy of the policy."""
-    sections = [s for s in algorithm.models if getattr(cfg, s) is not None]
+    sections = [s for s in algorithm.models if s != "reward" and getattr(cfg, s) is not None]
     tokenizer = load_tokenizer(getattr(cfg, sections[0]))
     models: dict[str, nn.Module] = {}
     for section in algorithm.models:
+        if section == "reward":  # the reward function (rules and frozen reward models), alignkit.rewards
+            models[section] = build_reward(cfg.reward, tokenizer)
+            continue
         spec = getattr(cfg, section)
         if spec is None:
-            if section == "reference" and "policy" in models:
-                models[section] = copy.deepcopy(models["policy"])
+            default = algorithm.build_default(section, cfg, models, tokenizer)
+            if default is not None:
+                models[section] = default
             continue
         build = build_causal_lm if section in CAUSAL_SECTIONS else build_scalar_model
         models[section] = build(spec, tokenizer)
@@ -243,7 +247,13 @@ def _fit(cfg: Any, algorithm: type[AlignModule], hw: dict[str, Any], run_dir: Pa
             f"trainer.prompts_per_step ({t.prompts_per_step}) must be a multiple of micro_batch_size x world size "
             f"({t.micro_batch_size} x {world})"
         )
-    accumulate = t.prompts_per_step // (t.micro_batch_size * world)
+    online = not module.automatic_optimization
+    # An online iteration takes a rank's whole share of prompts and steps the optimizer itself (several
+    # times: `updates`), so Lightning neither accumulates nor clips; step counts convert to optimizer steps.
+    accumulate = 1 if online else t.prompts_per_step // (t.micro_batch_size * world)
+    updates = algorithm.updates_per_step(cfg)
+    if online:
+        data.micro_batch_size = t.prompts_per_step // world
     logger = TensorBoardLogger(
         save_dir=str(run_dir.parent.parent), name=run_dir.parent.name, version=run_dir.name, default_hp_metric=False
     )
@@ -252,7 +262,7 @@ def _fit(cfg: Any, algorithm: type[AlignModule], hw: dict[str, Any], run_dir: Pa
         dirpath=run_dir / "checkpoints",
         filename="step{step:06d}",
         auto_insert_metric_name=False,
-        every_n_train_steps=every,
+        every_n_train_steps=every * updates if every else every,
         save_top_k=cfg.checkpoint.keep if every else 0,
         monitor="step" if every else None,
         mode="max",
@@ -261,10 +271,10 @@ def _fit(cfg: Any, algorithm: type[AlignModule], hw: dict[str, Any], run_dir: Pa
     has_eval = eval_set is not None
     trainer = L.Trainer(
         **hw,
-        max_steps=t.max_steps or -1,
+        max_steps=t.max_steps * updates if t.max_steps else -1,
         max_epochs=t.max_epochs or (-1 if t.max_steps else 1),
         accumulate_grad_batches=accumulate,
-        gradient_clip_val=t.gradient_clip_val,
+        gradient_clip_val=None if online else t.gradient_clip_val,
         logger=logger,
         callbacks=[checkpoints, SaveOnException(run_dir / "checkpoints" / "on_exception.ckpt"), PerfMonitor()],
         val_check_interval=t.eval_every_n_steps * accumulate if (has_eval and t.eval_every_n_steps) else None,
@@ -285,4 +295,5 @@ def _fit(cfg: Any, algorithm: type[AlignModule], hw: dict[str, Any], run_dir: Pa
         trainer.validate(module, datamodule=data, verbose=False)
         metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1})
     exports = _export(module, trainer, run_dir) if cfg.checkpoint.export_hf else {}
-    return RunResult(run_dir=run_dir, exports=exports, metrics=metrics, global_step=trainer.global_step)
+    # steps as the config counts them: optimizer steps, or iterations for online algorithms
+    return RunResult(run_dir=run_dir, exports=exports, metrics=metrics, global_step=trainer.global_step // updates)

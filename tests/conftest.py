@@ -38,6 +38,22 @@ MINIMAL: dict[str, dict[str, Any]] = {
         "policy": {"architecture": "llama", "hidden_size": 32, "num_layers": 1, "num_heads": 2},
         "data": {"train": {"generator": "sentiment_unpaired", "args": {"n": 64}}, "max_length": 64},
     },
+    **{
+        name: {
+            "name": "t",
+            "algorithm": {"name": name, "max_new_tokens": 6, **extra},
+            "policy": {"architecture": "llama", "hidden_size": 32, "num_layers": 1, "num_heads": 2},
+            "reward": {"source": {"kind": "rule", "name": "length_target", "args": {"target": 4}}},
+            "data": {"train": {"generator": "reverse_words", "args": {"n": 64}}, "max_length": 64},
+        }
+        for name, extra in [
+            ("ppo", {"update_epochs": 2}),
+            ("grpo", {"samples_per_prompt": 2}),
+            ("remax", {}),
+            ("reinforce", {}),
+            ("rejection_sampling", {"samples_per_prompt": 2}),
+        ]
+    },
     "bandit_study": {
         "name": "t",
         "algorithm": {

@@ -49,6 +49,23 @@ class AlignModule(L.LightningModule):
         self.last_eval_step = self.global_step
 
     @classmethod
+    def build_default(cls, section: str, cfg: Any, models: dict[str, nn.Module], tokenizer: Any) -> nn.Module | None:
+        """The model of a section the YAML leaves out, from those built so far; None = the section is unused.
+
+        The reference defaults to a frozen copy of the policy's starting weights (PPO adds its critic).
+        """
+        if section == "reference" and "policy" in models:
+            import copy
+
+            return copy.deepcopy(models["policy"])
+        return None
+
+    @classmethod
+    def updates_per_step(cls, cfg: Any) -> int:
+        """Optimizer steps per training step: 1 here; online algorithms take several per iteration."""
+        return 1
+
+    @classmethod
     def record_kind(cls, cfg: Any) -> str | None:
         """The record kind this run loads: `records`, unless the algorithm also accepts another kind and
         converts it in prepare_datasets (KTO splits preference pairs into unpaired examples)."""

@@ -50,19 +50,25 @@ def _is_union(annotation: Any) -> bool:
     return typing.get_origin(annotation) in (typing.Union, types.UnionType)
 
 
-def model_in(annotation: Any, tag: Any = None) -> type[BaseModel] | None:
-    """The pydantic model an annotation holds (through Optional, Annotated and tagged unions)."""
+def discriminator(field: FieldInfo | None) -> str:
+    """The key that picks a tagged union's member: `name` for the algorithm, `kind` for reward sources."""
+    key = field.discriminator if field is not None else None
+    return key if isinstance(key, str) else "name"
+
+
+def model_in(annotation: Any, tag: Any = None, key: str = "name") -> type[BaseModel] | None:
+    """The pydantic model an annotation holds (through Optional, Annotated and unions tagged by `key`)."""
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return annotation
     origin = typing.get_origin(annotation)
     if origin is typing.Annotated:
-        return model_in(typing.get_args(annotation)[0], tag)
+        return model_in(typing.get_args(annotation)[0], tag, key)
     if _is_union(annotation):
-        models = [m for a in typing.get_args(annotation) if (m := model_in(a, tag))]
+        models = [m for a in typing.get_args(annotation) if (m := model_in(a, tag, key))]
         if tag is not None:
             for m in models:
-                name = m.model_fields.get("name")
-                if name is not None and typing.get_args(name.annotation) == (tag,):
+                field = m.model_fields.get(key)
+                if field is not None and typing.get_args(field.annotation) == (tag,):
                     return m
         return models[0] if len(models) == 1 else None
     return None
@@ -77,13 +83,15 @@ class _Where:
     field: FieldInfo | None  # that key's field, when the path ends exactly at a known field
     last: FieldInfo | None  # the last known field on the path (`betas` for `betas[1]`)
     branch: bool  # a union-branch label was dropped (one error per branch of e.g. `int | Literal['auto']`)
+    inner: type[BaseModel] | None  # the model the path ends inside (a tagged union's member, by its tag)
 
 
 def _walk(root: type[BaseModel], loc: tuple[Any, ...]) -> _Where:
     """Follow a pydantic error location through the schema.
 
-    pydantic adds elements that are no YAML keys: the tag of a tagged union (the algorithm's `name`) and
-    a label per branch of a plain union ('int', "literal['auto']"); both are dropped from the shown path.
+    pydantic adds elements that are no YAML keys: the tag of a tagged union (the algorithm's `name`, a
+    reward source's `kind`) and a label per branch of a plain union ('int', "literal['auto']"); both are
+    dropped from the shown path.
     """
     model: type[BaseModel] | None = root
     holder: type[BaseModel] | None = None
@@ -100,19 +108,37 @@ def _walk(root: type[BaseModel], loc: tuple[Any, ...]) -> _Where:
             last = field
             shown.append(key)
             nxt = loc[i] if i < len(loc) else None
-            sub = model_in(field.annotation, tag=nxt)
+            sub = model_in(field.annotation, tag=nxt, key=discriminator(field))
             if nxt is not None and sub is not None and model_in(field.annotation) is None:
                 i += 1  # the union tag element
             elif nxt is not None and sub is None and isinstance(nxt, str) and _is_union(field.annotation):
                 i += 1  # the branch label
                 branch = True
             model = sub
+            item = _list_item(field.annotation)
+            if isinstance(nxt, int) and item is not None:  # an item of a list of sections (weighted_sum terms)
+                shown.append(nxt)
+                i += 1
+                model, field = item, None
             continue
         if model is not None:
             holder = model  # an unknown key of this model
         shown.append(key)
         field, model = None, None
-    return _Where(tuple(shown), holder, field, last, branch)
+    return _Where(tuple(shown), holder, field, last, branch, model)
+
+
+def _tags(annotation: Any, key: str) -> list[str]:
+    """The tags of a union of sections tagged by `key` (each member's one `Literal` value), sorted."""
+    models = [m for a in typing.get_args(annotation) if (m := model_in(a)) and key in m.model_fields]
+    return sorted(str(t) for m in models for t in _literals(m.model_fields[key].annotation))
+
+
+def _list_item(annotation: Any) -> type[BaseModel] | None:
+    """X of a `list[X]` annotation whose items are sections, else None."""
+    if typing.get_origin(annotation) is list and len(args := typing.get_args(annotation)) == 1:
+        return model_in(args[0])
+    return None
 
 
 def _literals(annotation: Any) -> list[Any]:
@@ -137,10 +163,9 @@ def describe(annotation: Any, limits: str = "") -> str:
     if origin is typing.Literal:
         return ", ".join(str(v) for v in args)
     if _is_union(annotation):
-        tagged = [m for a in args if (m := model_in(a)) and "name" in m.model_fields]
-        if len(tagged) == len(args) > 1:  # a tagged union: the algorithm section
-            names = sorted(str(n) for m in tagged for n in _literals(m.model_fields["name"].annotation))
-            return f"a mapping with `name` (one of {', '.join(names)}) and its options"
+        for key in ("name", "kind"):
+            if len(tags := _tags(annotation, key)) == len(args) > 1:  # tagged: the algorithm, a reward source
+                return f"a mapping with `{key}` (one of {', '.join(tags)}) and its options"
         parts = [describe(a, limits) for a in args if a is not type(None)]
         text = " or ".join(parts)
         return f"{text}, or null" if type(None) in args else text
@@ -218,11 +243,16 @@ def problems_from_validation(err: ValidationError, root: type[BaseModel]) -> lis
             ctx = e.get("ctx", {})
             tags = [t.strip(" '") for t in str(ctx.get("expected_tags", "")).split(",")]
             tag = str(ctx.get("tag", ""))
-            path = dotted((*where.shown, "name"))
+            path = dotted((*where.shown, str(ctx.get("discriminator", "name")).strip("'")))
             msg = f"unknown {key} '{tag}'; allowed: {', '.join(tags)}{did_you_mean(tag, tags)}"
         elif kind == "union_tag_not_found":
-            path = dotted((*where.shown, "name"))
-            msg = "missing 'name' (which registered component to use); see `alignkit list`"
+            key_name = str(e.get("ctx", {}).get("discriminator", "name")).strip("'")
+            path = dotted((*where.shown, key_name))
+            if key_name == "name":
+                msg = "missing 'name' (which registered component to use); see `alignkit list`"
+            else:
+                tags = _tags(where.field.annotation, key_name) if where.field is not None else []
+                msg = f"missing '{key_name}'; allowed: {', '.join(tags)}"
         elif kind == "missing" and where.field is None and where.last is not None:
             msg = f"too few items (no item {where.shown[-1]!r}); allowed: {describe(where.last.annotation)}"
             path = dotted(where.shown[:-1])
@@ -240,7 +270,7 @@ def problems_from_validation(err: ValidationError, root: type[BaseModel]) -> lis
             msg += did_you_mean(str(given), literals)
         elif kind == "value_error":
             text = e["msg"].removeprefix("Value error, ")
-            target = model_in(where.field.annotation) if where.field else (root if not loc else None)
+            target = where.inner
             for p in split_problems(text, target, path):
                 if p not in problems:
                     problems.append(p)

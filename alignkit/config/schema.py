@@ -11,6 +11,7 @@ from pydantic import Field, create_model, model_validator
 from alignkit.config.base import Spec
 from alignkit.data.spec import DataSpec
 from alignkit.models.spec import ModelSpec
+from alignkit.rewards.spec import RewardSpec
 
 MODEL_SECTIONS = ("policy", "reference", "critic", "reward_model")
 
@@ -153,6 +154,9 @@ class ExperimentBase(Spec):
     reference: ModelSpec | None = Field(None, description="Frozen reference model; default: a copy of the policy.")
     critic: ModelSpec | None = Field(None, description="Value model (PPO).")
     reward_model: ModelSpec | None = Field(None, description="Scalar-head reward model (trained or frozen).")
+    reward: RewardSpec | None = Field(
+        None, description="Online methods' reward: a rule, a reward model, or a combination, with post-processing."
+    )
     data: DataSpec | None = Field(None, description="Training and held-out data.")
     trainer: TrainerSpec = Field(default_factory=TrainerSpec, description="Steps, batch sizes, optimizer, schedule.")
     hardware: HardwareSpec = Field(default_factory=HardwareSpec, description="Devices and parallelism.")
@@ -161,7 +165,7 @@ class ExperimentBase(Spec):
 
     @model_validator(mode="after")
     def _sections_match_algorithm(self) -> ExperimentBase:
-        present = [s for s in (*MODEL_SECTIONS, "data") if getattr(self, s) is not None]
+        present = [s for s in (*MODEL_SECTIONS, "reward", "data") if getattr(self, s) is not None]
         t = self.trainer
         found = cross_section_problems(
             self.algorithm.name,  # type: ignore[attr-defined]
@@ -192,7 +196,7 @@ def cross_section_problems(
     found = [f"{s}: required by algorithm '{algo.name}'" for s in algo.required_models if s not in present]
     found += [
         f"{s}: not used by algorithm '{algo.name}' (it uses: {', '.join(algo.models)}); remove this section"
-        for s in MODEL_SECTIONS
+        for s in (*MODEL_SECTIONS, "reward")
         if s in present and s not in algo.models
     ]
     if algo.records is not None and "data" not in present:
@@ -224,7 +228,7 @@ def raw_cross_section_problems(data: Mapping[str, Any]) -> list[str]:
     world = devices * nodes if all(isinstance(v, int) and not isinstance(v, bool) for v in (devices, nodes)) else None
     return cross_section_problems(
         str(algo.get("name")) if isinstance(algo, Mapping) else "",
-        [s for s in (*MODEL_SECTIONS, "data") if data.get(s) is not None],
+        [s for s in (*MODEL_SECTIONS, "reward", "data") if data.get(s) is not None],
         world,
         value(trainer, TrainerSpec, "prompts_per_step"),
         value(trainer, TrainerSpec, "micro_batch_size"),

@@ -57,6 +57,11 @@ class Collator:
                 batch[f"{p}{name}"] = part
         if self.kind == "unpaired":
             batch["label"] = torch.tensor([row["label"] for row in rows], dtype=torch.bool)
+        if self.kind == "prompt":
+            # the prompt rows' other columns (prompt text, answers, safety flags) for rewards that read them
+            batch["metadata"] = [
+                {k: v for k, v in row.items() if k not in ("prompt_input_ids", "index")} for row in rows
+            ]
         if "index" in rows[0]:
             batch["index"] = torch.tensor([row["index"] for row in rows], dtype=torch.long)
         if self.kind == "preference" and "margin" in rows[0]:

@@ -1,0 +1,253 @@
+"""The online RL loop shared by PPO, GRPO, ReMax, REINFORCE and rejection sampling: sample, score, update.
+
+One Lightning training step is one iteration: the step's prompts are sampled (`samples_per_prompt` each),
+scored by the reward and the frozen reference, turned into advantages by the algorithm, and the policy is
+updated `update_epochs` times over `num_minibatches` minibatches (optimizer steps), each accumulated over
+micro-batches of `micro_batch_size` sequences. TensorBoard's x axis counts iterations for every algorithm,
+so curves overlay whatever the number of optimizer steps per iteration.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any, ClassVar
+
+import torch
+from pydantic import Field
+from torch import Tensor
+
+from alignkit.algorithms.base import AlgorithmConfig, AlignModule
+from alignkit.ops import masked_mean, masked_sum
+from alignkit.ops.rl import Aggregation, KLKind, aggregate, clipped_policy_loss, kl_penalty
+from alignkit.rewards import RewardInputs
+from alignkit.rollout import Rollout, decode_prompts, decode_responses, generate, score
+
+
+class OnlineConfig(AlgorithmConfig):
+    """Sampling and update options every online algorithm has (defaults differ per algorithm)."""
+
+    samples_per_prompt: int = Field(1, ge=1, description="Responses sampled per prompt (G in GRPO).")
+    max_new_tokens: int = Field(32, ge=1, description="Most tokens in a response; a response cut here did not stop.")
+    temperature: float = Field(1.0, gt=0, description="Sampling temperature (log-probs are of the tempered policy).")
+    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling: keep the smallest token set with this mass.")
+    update_epochs: int = Field(1, ge=1, description="Passes over each iteration's samples (PPO epochs, GRPO's mu).")
+    num_minibatches: int = Field(
+        1, ge=1, description="Optimizer steps per pass: the iteration's samples split into this many minibatches."
+    )
+    kl_coef: float = Field(0.05, ge=0, description="Weight of the KL penalty to the reference (beta).")
+    kl_estimator: KLKind = Field(
+        "k1",
+        description="Per-token KL estimate (Schulman 2020): k1 = log(pi/ref); k2 = log(pi/ref)^2 / 2; "
+        "k3 = ref/pi - log(ref/pi) - 1, unbiased and never negative.",
+    )
+    clip_eps: float = Field(0.2, gt=0, description="Policy ratio clip range (Schulman et al. 2017).")
+    clip_eps_high: float | None = Field(
+        None, gt=0, description="Upper clip range if different from clip_eps (DAPO's clip-higher, Yu et al. 2025)."
+    )
+    loss_aggregation: Aggregation = Field(
+        "token_mean",
+        description="How per-token losses become one number: token_mean (every response token weighs the same), "
+        "seq_mean_token_mean (each response's mean, then the mean over responses: GRPO's paper), "
+        "seq_mean_token_sum_norm (token sums over max_new_tokens: Dr. GRPO). Over the whole optimizer step, "
+        "whatever the micro-batching and number of processes.",
+    )
+    eval_greedy: bool = Field(True, description="Evaluate held-out prompts with greedy responses (else sampled).")
+
+
+class OnlineModule(AlignModule):
+    """Base of the online algorithms: rollouts, rewards and the update loop; subclasses supply the math.
+
+    A subclass implements `advantages(exp)` (fills what its loss needs into the experience dict) and
+    `loss(exp, rows, counts)` -> (loss, metrics) for one micro-batch; both see tensors only.
+    """
+
+    models: ClassVar[tuple[str, ...]] = ("policy", "reference", "reward")
+    required_models: ClassVar[tuple[str, ...]] = ("policy", "reward")
+    trained: ClassVar[tuple[str, ...]] = ("policy",)
+    records: ClassVar[str | None] = "prompt"
+    needs_old_logps: ClassVar[bool] = False  # PPO needs them for its KL reward even with one update
+
+    def __init__(self, cfg: Any, models: dict[str, Any], tokenizer: Any) -> None:
+        super().__init__(cfg, models, tokenizer)
+        self.automatic_optimization = False  # several optimizer steps per iteration (PPO epochs x minibatches)
+        self.last_counts = (0, 0)  # (samples, tokens) of the last iteration on this rank, for PerfMonitor
+
+    @classmethod
+    def updates_per_step(cls, cfg: Any) -> int:
+        """Optimizer steps in one iteration; Lightning counts these, run.py converts max_steps with it."""
+        return cfg.algorithm.update_epochs * cfg.algorithm.num_minibatches
+
+    # -- sampling and scoring ------------------------------------------------------------------------
+    def sample(self, batch: dict[str, Any], *, greedy: bool = False, num_samples: int | None = None) -> Rollout:
+        a = self.algo
+        return generate(
+            self.policy,
+            batch["prompt_input_ids"],
+            batch["prompt_attention_mask"],
+            max_new_tokens=a.max_new_tokens,
+            eos_token_id=self.tokenizer.eos_token_id,
+            pad_token_id=self.tokenizer.pad_token_id,
+            temperature=a.temperature,
+            top_p=a.top_p,
+            greedy=greedy,
+            num_samples=a.samples_per_prompt if num_samples is None else num_samples,
+            synced=self.trainer.world_size > 1,
+        )
+
+    def rewards(self, rollout: Rollout, batch: dict[str, Any], num_samples: int) -> tuple[Tensor, dict[str, Tensor]]:
+        """Rewards [N] of a rollout (post-processed as the reward section says) and the reward's metrics."""
+        metadata = [
+            row for row in batch.get("metadata", [{}] * len(batch["prompt_input_ids"])) for _ in range(num_samples)
+        ]
+        inputs = RewardInputs(
+            prompts=decode_prompts(self.tokenizer, rollout),
+            responses=decode_responses(self.tokenizer, rollout),
+            sequences=rollout.sequences,
+            attention_mask=rollout.attention_mask,
+            finished=rollout.finished,
+            metadata=metadata,
+        )
+        return self.reward(inputs)
+
+    def micro_batches(self, rows: Tensor) -> list[Tensor]:
+        return list(rows.split(self.cfg.trainer.micro_batch_size))
+
+    @torch.no_grad()
+    def logps_of(self, model: Any, rollout: Rollout) -> Tensor:
+        """Per-token log-probs [N, T] of the rollout under `model`, micro-batch by micro-batch, no graph."""
+        parts = [
+            score(model, take(rollout, rows), temperature=self.algo.temperature)[0]
+            for rows in self.micro_batches(torch.arange(len(rollout.sequences), device=rollout.sequences.device))
+        ]
+        return torch.cat(parts)
+
+    def experience(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """Everything the update needs, computed without gradients: samples, rewards, reference log-probs."""
+        rollout = self.sample(batch)
+        scores, reward_metrics = self.rewards(rollout, batch, self.algo.samples_per_prompt)
+        exp: dict[str, Any] = {
+            "rollout": rollout,
+            "scores": scores.to(self.device).float(),
+            "ref_logps": self.logps_of(self.reference, rollout),
+            "metrics": reward_metrics,
+            "batch": batch,
+        }
+        if self.needs_old_logps or self.updates_per_step(self.cfg) > 1:
+            exp["old_logps"] = self.logps_of(self.policy, rollout)
+        return exp
+
+    # -- the iteration -------------------------------------------------------------------------------
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        was_training = self.policy.training
+        exp = self.experience(batch)
+        self.advantages(exp)
+        if was_training:
+            self.policy.train()
+        metrics = self.rollout_metrics(exp)
+        metrics.update(self.update(exp))
+        metrics.update(self.after_update(exp, metrics))
+        rollout = exp["rollout"]
+        self.last_counts = (len(rollout.sequences), int(rollout.attention_mask.sum()))
+        self.log_split("train", metrics, batch_size=len(rollout.sequences))
+
+    def rollout_metrics(self, exp: dict[str, Any]) -> dict[str, Tensor]:
+        rollout, metrics = exp["rollout"], dict(exp["metrics"])
+        mask = rollout.response_mask
+        metrics["response/length"] = rollout.response_lengths.float().mean()
+        metrics["response/finished"] = rollout.finished.float().mean()
+        if "old_logps" in exp:  # else the KL is measured in the first update's forward (same weights)
+            metrics["kl/ref"] = masked_sum(exp["old_logps"] - exp["ref_logps"], mask, dim=-1).mean()
+        return metrics
+
+    def update(self, exp: dict[str, Any]) -> dict[str, Tensor]:
+        """update_epochs passes x num_minibatches optimizer steps over the iteration's samples."""
+        opt, sched = self.optimizers(), self.lr_schedulers()
+        world = self.trainer.world_size
+        mask = exp["rollout"].response_mask
+        # the rows trained on: all samples, or a selection (rejection sampling's best responses)
+        train_rows = exp.get("train_rows", torch.arange(len(mask), device=mask.device))
+        sums: dict[str, Tensor] = {}
+        counts_by_key: dict[str, int] = {}
+        for epoch in range(self.algo.update_epochs):
+            order = train_rows[torch.randperm(len(train_rows), device=mask.device)]
+            for minibatch in order.tensor_split(self.algo.num_minibatches):
+                # The loss of each micro-batch is its share of the whole minibatch's (over every rank), so the
+                # gradients add up to the minibatch's whatever the micro-batch size and number of processes.
+                counts = torch.stack(
+                    [mask[minibatch].sum().float(), torch.tensor(float(len(minibatch)), device=mask.device)]
+                )
+                if world > 1:
+                    counts = self.all_gather(counts).sum(0)
+                opt.zero_grad()
+                for rows in self.micro_batches(minibatch):
+                    loss, metrics = self.loss(exp, rows, {"tokens": counts[0], "sequences": counts[1], "epoch": epoch})
+                    # DDP and FSDP average gradients over ranks; the shares already sum to the whole
+                    self.manual_backward(loss * world)
+                    for k, v in metrics.items():
+                        sums[k] = sums.get(k, 0.0) + v.detach().float()
+                        counts_by_key[k] = counts_by_key.get(k, 0) + 1
+                if self.cfg.trainer.gradient_clip_val:
+                    self.clip_gradients(opt, gradient_clip_val=self.cfg.trainer.gradient_clip_val)
+                opt.step()
+                sched.step()
+        return {k: v / counts_by_key[k] for k, v in sums.items()}
+
+    # -- what subclasses define ----------------------------------------------------------------------
+    def advantages(self, exp: dict[str, Any]) -> None:
+        """Fill exp["advantages"]: [N] per response (critic-free methods) or [N, T] per token (PPO)."""
+        raise NotImplementedError
+
+    def loss(self, exp: dict[str, Any], rows: Tensor, counts: dict[str, Any]) -> tuple[Tensor, dict[str, Tensor]]:
+        """The critic-free policy-gradient loss (GRPO, ReMax, REINFORCE), for micro-batch `rows`.
+
+        Per token: -min(ratio A, clip(ratio) A) + kl_coef * KL(pi || ref), A the response's advantage; with one
+        update per iteration the ratio is 1 and this is REINFORCE's -A log pi (the clip only acts on later
+        passes). Aggregated by `loss_aggregation` over the whole optimizer step.
+        """
+        a, sub = self.algo, take(exp["rollout"], rows)
+        mask = sub.response_mask
+        logps, entropy = score(self.policy, sub, temperature=a.temperature, with_entropy=True)
+        old = exp["old_logps"][rows] if "old_logps" in exp else logps.detach()
+        pg, pg_metrics = clipped_policy_loss(logps, old, exp["advantages"][rows], mask, a.clip_eps, a.clip_eps_high)
+        ref = exp["ref_logps"][rows]
+        per_token = pg + a.kl_coef * kl_penalty(logps, ref, a.kl_estimator) if a.kl_coef else pg
+        norm = {"num_tokens": counts["tokens"], "num_sequences": counts["sequences"], "max_len": a.max_new_tokens}
+        loss = aggregate(per_token, mask, a.loss_aggregation, **norm)
+        metrics = {
+            "loss": masked_mean(per_token.detach(), mask),
+            "policy/clipfrac": pg_metrics["clipfrac"],
+            "policy/approx_kl": pg_metrics["approx_kl"],
+            "entropy": masked_mean(entropy.detach(), mask),
+        }
+        if counts["epoch"] == 0 and "old_logps" not in exp:
+            # weights unchanged since sampling: the KL to the reference of what was sampled
+            metrics["kl/ref"] = masked_sum(logps.detach() - ref, mask, dim=-1).mean()
+        return loss, metrics
+
+    def after_update(self, exp: dict[str, Any], metrics: dict[str, Tensor]) -> dict[str, Tensor]:
+        return {}
+
+    # -- evaluation ----------------------------------------------------------------------------------
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        with torch.no_grad():
+            rollout = self.sample(batch, greedy=self.algo.eval_greedy, num_samples=1)
+            _, reward_metrics = self.rewards(rollout, batch, 1)
+            logps = self.logps_of(self.policy, rollout)
+            ref = self.logps_of(self.reference, rollout)
+        metrics = {
+            **reward_metrics,
+            "kl/ref": masked_sum(logps - ref, rollout.response_mask, dim=-1).mean(),
+            "response/length": rollout.response_lengths.float().mean(),
+        }
+        self.log_split("eval", metrics, batch_size=len(rollout.sequences))
+
+
+def take(rollout: Rollout, rows: Tensor) -> Rollout:
+    """The rollout's rows `rows` (same prompt length)."""
+    return replace(
+        rollout,
+        sequences=rollout.sequences[rows],
+        attention_mask=rollout.attention_mask[rows],
+        response_mask=rollout.response_mask[rows],
+        finished=rollout.finished[rows],
+    )

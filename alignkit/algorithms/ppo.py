@@ -1,0 +1,146 @@
+"""PPO for RLHF: actor and critic trained; reward and reference frozen; KL in the per-token reward; GAE."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+from torch import Tensor
+
+from alignkit.algorithms.online import OnlineConfig, OnlineModule, take
+from alignkit.config.base import Spec
+from alignkit.models import token_values
+from alignkit.ops import masked_mean
+from alignkit.ops.rl import (
+    AdaptiveKLController,
+    FixedKLController,
+    aggregate,
+    clipped_policy_loss,
+    clipped_value_loss,
+    explained_variance,
+    gae,
+    kl_penalty,
+    token_rewards,
+    whiten,
+)
+from alignkit.rollout import score
+
+
+class AdaptiveKLSpec(Spec):
+    """Ziegler et al. 2019, sec. 2.2: the KL coefficient moves to keep the measured KL near `target`."""
+
+    target: float = Field(6.0, gt=0, description="Target KL (nats per response) the coefficient steers toward.")
+    horizon: int = Field(10000, ge=1, description="Samples over which a 20% KL error changes the coefficient by 20%.")
+
+
+class PPOConfig(OnlineConfig):
+    name: Literal["ppo"] = "ppo"
+    update_epochs: int = Field(4, ge=1, description="PPO epochs over each iteration's samples.")
+    kl_coef: float = Field(0.05, ge=0, description="Initial (or fixed) coefficient of the per-token KL penalty.")
+    adaptive_kl: AdaptiveKLSpec | None = Field(None, description="Adapt kl_coef to a target KL; null = fixed.")
+    gamma: float = Field(1.0, ge=0, le=1, description="Discount over response tokens.")
+    lam: float = Field(0.95, ge=0, le=1, description="GAE lambda (Schulman et al. 2016).")
+    value_clip_eps: float = Field(0.2, gt=0, description="Value clip range around the rollout's values.")
+    vf_coef: float = Field(0.1, ge=0, description="Weight of the value loss in the joint loss.")
+    entropy_coef: float = Field(0.0, ge=0, description="Entropy bonus weight (0 = none).")
+    whiten_advantages: bool = Field(True, description="Whiten advantages over the iteration's response tokens.")
+    critic_init: Literal["reward_model", "policy"] = Field(
+        "reward_model",
+        description="Without a critic section, the critic starts from the reward model (reward source kind "
+        "model) or from the policy's weights with a new value head.",
+    )
+
+
+class PPO(OnlineModule):
+    """PPO (Ouyang et al. 2022 recipe): clipped policy and value losses on GAE advantages, KL-shaped rewards."""
+
+    name = "ppo"
+    Config = PPOConfig
+    models = ("policy", "reference", "critic", "reward")
+    required_models = ("policy", "reward")
+    trained = ("policy", "critic")
+    needs_old_logps = True
+
+    def __init__(self, cfg: Any, models: dict[str, Any], tokenizer: Any) -> None:
+        super().__init__(cfg, models, tokenizer)
+        a = self.algo
+        self.kl_ctl = (
+            AdaptiveKLController(a.kl_coef, a.adaptive_kl.target, a.adaptive_kl.horizon)
+            if a.adaptive_kl
+            else FixedKLController(a.kl_coef)
+        )
+
+    @classmethod
+    def build_default(cls, section: str, cfg: Any, models: dict[str, Any], tokenizer: Any) -> Any:
+        if section != "critic":
+            return super().build_default(section, cfg, models, tokenizer)
+        from alignkit.models import build_scalar_model
+
+        source = cfg.reward.source
+        if cfg.algorithm.critic_init == "reward_model" and source.kind == "model":
+            return build_scalar_model(source.model, tokenizer)
+        # the policy's backbone under a fresh value head
+        critic = build_scalar_model(cfg.policy, tokenizer)
+        critic.base_model.load_state_dict(models["policy"].base_model.state_dict())
+        return critic
+
+    def values_of(self, rollout: Any) -> Tensor:
+        """[N, T] V(s_t) for each token t: the critic's output at the position before it (the state it saw)."""
+        values = token_values(self.critic, rollout.sequences, rollout.attention_mask)
+        return F.pad(values[:, :-1], (1, 0)) * rollout.response_mask
+
+    def advantages(self, exp: dict[str, Any]) -> None:
+        rollout = exp["rollout"]
+        mask = rollout.response_mask
+        with torch.no_grad():
+            rows = torch.arange(len(rollout.sequences), device=mask.device)
+            exp["old_values"] = torch.cat([self.values_of(take(rollout, r)) for r in self.micro_batches(rows)])
+        kl = kl_penalty(exp["old_logps"], exp["ref_logps"], self.algo.kl_estimator) * mask
+        rewards = token_rewards(exp["scores"], kl, mask, self.kl_ctl.value)
+        adv, returns = gae(rewards, exp["old_values"], mask, self.algo.gamma, self.algo.lam)
+        exp["advantages"] = whiten(adv, mask) if self.algo.whiten_advantages else adv
+        exp["returns"] = returns
+        exp["kl_tokens"] = kl
+
+    def loss(self, exp: dict[str, Any], rows: Tensor, counts: dict[str, Any]) -> tuple[Tensor, dict[str, Tensor]]:
+        a, sub = self.algo, take(exp["rollout"], rows)
+        mask = sub.response_mask
+        logps, entropy = score(self.policy, sub, temperature=a.temperature, with_entropy=True)
+        values = self.values_of(sub)
+        pg, pg_metrics = clipped_policy_loss(logps, exp["old_logps"][rows], exp["advantages"][rows], mask, a.clip_eps)
+        vf = clipped_value_loss(values, exp["old_values"][rows], exp["returns"][rows], mask, a.value_clip_eps)
+        total = pg + a.vf_coef * vf - a.entropy_coef * entropy
+        norm = {"num_tokens": counts["tokens"], "num_sequences": counts["sequences"], "max_len": mask.shape[1]}
+        loss = aggregate(total, mask, "token_mean", **norm)
+        metrics = {
+            "loss": masked_mean(total.detach(), mask),
+            "policy/loss": masked_mean(pg.detach(), mask),
+            "policy/clipfrac": pg_metrics["clipfrac"],
+            "policy/approx_kl": pg_metrics["approx_kl"],
+            "value/loss": masked_mean(vf.detach(), mask),
+            "value/explained_var": explained_variance(values.detach(), exp["returns"][rows], mask),
+            "entropy": masked_mean(entropy.detach(), mask),
+        }
+        return loss, metrics
+
+    def rollout_metrics(self, exp: dict[str, Any]) -> dict[str, Tensor]:
+        metrics = super().rollout_metrics(exp)
+        metrics["kl/coef"] = torch.tensor(self.kl_ctl.value)
+        metrics["value/mean"] = masked_mean(exp["old_values"], exp["rollout"].response_mask)
+        return metrics
+
+    def after_update(self, exp: dict[str, Any], metrics: dict[str, Tensor]) -> dict[str, Tensor]:
+        kl = float(metrics["kl/ref"])
+        if self.trainer.world_size > 1:
+            kl = float(self.all_gather(torch.tensor(kl, device=self.device)).mean())
+        self.kl_ctl.update(kl, len(exp["rollout"].sequences) * self.trainer.world_size)
+        return {}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["kl_controller"] = self.kl_ctl.state_dict()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if "kl_controller" in checkpoint:
+            self.kl_ctl.load_state_dict(checkpoint["kl_controller"])

@@ -1,0 +1,54 @@
+"""Rejection sampling fine-tuning (best-of-K, RAFT / Llama 2): keep each prompt's best response, train on it."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import torch
+from pydantic import Field
+from torch import Tensor
+
+from alignkit.algorithms.online import OnlineConfig, OnlineModule, take
+from alignkit.ops import masked_mean
+from alignkit.ops.rl import aggregate
+from alignkit.rollout import score
+
+
+class RejectionSamplingConfig(OnlineConfig):
+    name: Literal["rejection_sampling"] = "rejection_sampling"
+    samples_per_prompt: int = Field(4, ge=2, description="K: responses drawn per prompt, of which the best is kept.")
+    threshold: float | None = Field(
+        None, description="Also drop a prompt's best response when its reward is below this (RAFT's filter)."
+    )
+    kl_coef: float = Field(0.0, ge=0, description="Not used in the loss (the SFT loss has no KL term); KL is logged.")
+
+
+class RejectionSampling(OnlineModule):
+    """Each iteration (a round on a batch of prompts, Dong et al. 2023): sample K, keep the best by reward,
+    one SFT pass on the kept responses; the next round samples from the improved policy."""
+
+    name = "rejection_sampling"
+    Config = RejectionSamplingConfig
+    needs_old_logps = True  # only for the logged KL to the reference of what was sampled
+
+    def advantages(self, exp: dict[str, Any]) -> None:
+        k = self.algo.samples_per_prompt
+        groups = exp["scores"].view(-1, k)
+        best = groups.argmax(dim=1)
+        exp["train_rows"] = best + torch.arange(len(groups), device=best.device) * k
+        keep = torch.ones_like(groups[:, 0])
+        if self.algo.threshold is not None:
+            keep = (groups.max(dim=1).values >= self.algo.threshold).float()
+        exp["weights"] = torch.zeros_like(exp["scores"]).index_put((exp["train_rows"],), keep)
+        exp["metrics"]["reward/best_mean"] = groups.max(dim=1).values.mean()
+        exp["metrics"]["rs/kept"] = keep.mean()
+
+    def loss(self, exp: dict[str, Any], rows: Tensor, counts: dict[str, Any]) -> tuple[Tensor, dict[str, Tensor]]:
+        sub = take(exp["rollout"], rows)
+        mask = sub.response_mask
+        # the model's own likelihood (temperature 1), as in SFT
+        logps, entropy = score(self.policy, sub, with_entropy=True)
+        nll = -logps * exp["weights"][rows][:, None]
+        norm = {"num_tokens": counts["tokens"], "num_sequences": counts["sequences"], "max_len": mask.shape[1]}
+        loss = aggregate(nll, mask, "token_mean", **norm)
+        return loss, {"loss": masked_mean(nll.detach(), mask), "entropy": masked_mean(entropy.detach(), mask)}

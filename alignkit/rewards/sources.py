@@ -1,0 +1,258 @@
+"""Reward sources as modules (rule, reward model, weighted sum, Llama 2 selection) and the builder from specs.
+
+Each source maps `RewardInputs` to `(scores [B] float32, metrics)`; metric names are relative (no `reward/`
+prefix), and a source holding others prefixes theirs, so nested sources stay apart in TensorBoard.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from alignkit.data.tokenization import encode
+from alignkit.models.build import build_scalar_model, load_tokenizer
+from alignkit.models.values import sequence_scores
+from alignkit.rewards.rules import REWARDS, RuleReward
+from alignkit.rewards.spec import (
+    RULE_POSITIONAL,
+    Llama2SourceSpec,
+    ModelSourceSpec,
+    RuleSourceSpec,
+    WeightedSumSourceSpec,
+)
+
+Metrics = dict[str, Tensor]
+
+
+@dataclass
+class RewardInputs:
+    """One batch of B prompt/response pairs, as text and as the policy's token ids.
+
+    sequences, attention_mask: [B, T] prompt + response in the policy's tokenizer (left-padded prompt, then
+    the response right-padded); the EOS that ended a response is a real token (mask 1). responses are the
+    decoded text without EOS and padding. finished: [B] bool, the response ended with EOS. metadata: the
+    prompt rows' other columns (e.g. `unsafe`, `answer`), one dict per row.
+    """
+
+    prompts: list[str]
+    responses: list[str]
+    sequences: Tensor
+    attention_mask: Tensor
+    finished: Tensor
+    metadata: list[dict[str, Any]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.metadata:
+            self.metadata = [{} for _ in self.prompts]
+        sizes = {
+            "prompts": len(self.prompts),
+            "responses": len(self.responses),
+            "sequences": self.sequences.shape[0],
+            "attention_mask": self.attention_mask.shape[0],
+            "finished": self.finished.shape[0],
+            "metadata": len(self.metadata),
+        }
+        if len(set(sizes.values())) != 1:
+            raise ValueError(f"RewardInputs: every field needs one entry per row (got {sizes})")
+
+    @property
+    def device(self) -> torch.device:
+        return self.sequences.device
+
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+
+def _as_scores(values: Any, inputs: RewardInputs, what: str) -> Tensor:
+    scores = torch.as_tensor(values, dtype=torch.float32, device=inputs.device).reshape(-1)
+    if scores.shape[0] != len(inputs):
+        raise ValueError(f"{what} returned {scores.shape[0]} rewards for {len(inputs)} responses; return one each")
+    return scores
+
+
+class RuleSource(nn.Module):
+    """A rule reward `fn(prompts, completions, **args)`; parameters not in `args` may come from metadata."""
+
+    def __init__(self, fn: RuleReward, args: dict[str, Any] | None = None, name: str | None = None) -> None:
+        super().__init__()
+        self.fn, self.args = fn, dict(args or {})
+        self.name = name or getattr(fn, "__name__", "rule")
+        params = list(inspect.signature(fn).parameters.values())[RULE_POSITIONAL:]
+        self.any_keyword = any(p.kind is p.VAR_KEYWORD for p in params)
+        named = [p for p in params if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD) and p.name not in self.args]
+        self.from_metadata = [p.name for p in named]
+        self.required = [p.name for p in named if p.default is p.empty]
+
+    def metadata_kwargs(self, metadata: list[dict[str, Any]]) -> dict[str, list[Any]]:
+        """One list per parameter the rows provide: the column of that name (every column for **kwargs)."""
+        columns = set.intersection(*(set(row) for row in metadata)) if metadata else set()
+        wanted = columns - set(self.args) if self.any_keyword else columns & set(self.from_metadata)
+        partial = {k for row in metadata for k in row if k in self.from_metadata} - columns
+        missing = [p for p in self.required if p not in columns]
+        if partial or missing:
+            raise ValueError(
+                f"rule '{self.name}' reads {', '.join(sorted(partial | set(missing)))} from the prompt rows, but "
+                f"not every row has that column; add it to the prompt data or set it in the rule's args"
+            )
+        return {k: [row[k] for row in metadata] for k in sorted(wanted)}
+
+    def forward(self, inputs: RewardInputs) -> tuple[Tensor, Metrics]:
+        values = self.fn(inputs.prompts, inputs.responses, **self.args, **self.metadata_kwargs(inputs.metadata))
+        return _as_scores(values, inputs, f"rule '{self.name}'"), {}
+
+
+def same_tokenizer(a: PreTrainedTokenizerBase, b: PreTrainedTokenizerBase) -> bool:
+    """Whether token ids mean the same in both: same vocabulary (token -> id) and the same pad and EOS ids."""
+    if len(a) != len(b) or (a.pad_token_id, a.eos_token_id) != (b.pad_token_id, b.eos_token_id):
+        return False
+    return a.get_vocab() == b.get_vocab()
+
+
+class ModelSource(nn.Module):
+    """A frozen scalar-head reward model: its score at the last real token of prompt + response.
+
+    With the policy's tokenizer (`reuse_ids`) the policy's token ids are scored as they are: exact, nothing
+    re-tokenized. Otherwise the text is tokenized with the reward model's own tokenizer the way the data
+    layer tokenizes training pairs (BOS + prompt, the response as a separate piece, EOS when the response
+    finished), right-padded, and cut from the left to the model's longest position when longer.
+    """
+
+    def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, reuse_ids: bool) -> None:
+        super().__init__()
+        self.model = model.requires_grad_(False).eval()
+        self.tokenizer, self.reuse_ids = tokenizer, reuse_ids
+
+    def tokenize(self, inputs: RewardInputs) -> tuple[Tensor, Tensor]:
+        """[B, L] ids and mask of the texts in the reward model's tokenizer, right-padded."""
+        tok, limit = self.tokenizer, getattr(self.model.config, "max_position_embeddings", None)
+        rows = []
+        for prompt, response, finished in zip(inputs.prompts, inputs.responses, inputs.finished.tolist(), strict=True):
+            ids = encode(tok, prompt) + encode(tok, response, first=False) + ([tok.eos_token_id] if finished else [])
+            rows.append(ids[-limit:] if limit else ids)
+        width = max((len(r) for r in rows), default=1)
+        ids = torch.full((len(rows), width), tok.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, r in enumerate(rows):
+            ids[i, : len(r)], mask[i, : len(r)] = torch.tensor(r), 1
+        return ids.to(inputs.device), mask.to(inputs.device)
+
+    @torch.no_grad()
+    def forward(self, inputs: RewardInputs) -> tuple[Tensor, Metrics]:
+        if self.reuse_ids:
+            ids, mask = inputs.sequences, inputs.attention_mask
+        else:
+            ids, mask = self.tokenize(inputs)
+        return sequence_scores(self.model, ids, mask).float(), {}
+
+
+class WeightedSumSource(nn.Module):
+    """sum_i w_i x score_i; metrics `<i>_<kind>` hold each term's own (unweighted) mean."""
+
+    def __init__(self, weights: list[float], sources: list[nn.Module], kinds: list[str]) -> None:
+        super().__init__()
+        self.weights, self.sources = list(weights), nn.ModuleList(sources)
+        self.names = [f"{i}_{k}" for i, k in enumerate(kinds)]
+
+    def forward(self, inputs: RewardInputs) -> tuple[Tensor, Metrics]:
+        total = torch.zeros(len(inputs), dtype=torch.float32, device=inputs.device)
+        metrics: Metrics = {}
+        for weight, source, name in zip(self.weights, self.sources, self.names, strict=True):
+            scores, inner = source(inputs)
+            total = total + weight * scores
+            metrics[name] = scores.mean()
+            metrics.update({f"{name}/{k}": v for k, v in inner.items()})
+        return total, metrics
+
+
+def _flag(value: Any) -> bool:
+    """A prompt row's unsafe flag: true/false, 1/0, or their spellings as text; missing values are false."""
+    if isinstance(value, str):
+        return value.strip().lower() in ("true", "1", "yes")
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return False
+    return bool(value)
+
+
+def llama2_select(safety: Tensor, helpfulness: Tensor, unsafe: Tensor, threshold: float) -> tuple[Tensor, Tensor]:
+    """(logit(R_c), use_safety) of Touvron et al. 2023, eq. 4; all [B].
+
+    R_c = sigmoid(safety) where the prompt is unsafe or sigmoid(safety) < threshold, else sigmoid(helpfulness).
+    logit(sigmoid(x)) = x, so the selected raw score is returned without the round trip: in float32 sigmoid
+    rounds to 1 from x ~ 17 on, where logit would give inf, and no clamp is needed to avoid it.
+    """
+    use_safety = unsafe | (torch.sigmoid(safety) < threshold)
+    return torch.where(use_safety, safety, helpfulness).float(), use_safety
+
+
+class Llama2Source(nn.Module):
+    """Llama 2's reward: the safety score on unsafe prompts or unsafe-looking responses, else helpfulness."""
+
+    def __init__(self, safety: nn.Module, helpfulness: nn.Module, threshold: float, unsafe_key: str | None) -> None:
+        super().__init__()
+        self.safety, self.helpfulness = safety, helpfulness
+        self.threshold, self.unsafe_key = threshold, unsafe_key
+
+    def unsafe(self, inputs: RewardInputs) -> Tensor:
+        key = self.unsafe_key
+        if key is None:
+            return torch.zeros(len(inputs), dtype=torch.bool, device=inputs.device)
+        missing = [i for i, row in enumerate(inputs.metadata) if key not in row]
+        if missing:
+            raise ValueError(
+                f"llama2 reward: prompt row {missing[0]} has no '{key}' column (the flag of possibly unsafe "
+                f"prompts; {len(missing)} of {len(inputs)} rows lack it); add it to the prompt data, or set "
+                "unsafe_key: null to select by the threshold alone"
+            )
+        return torch.tensor([_flag(row[key]) for row in inputs.metadata], dtype=torch.bool, device=inputs.device)
+
+    def forward(self, inputs: RewardInputs) -> tuple[Tensor, Metrics]:
+        (safety, s_metrics), (helpfulness, h_metrics) = self.safety(inputs), self.helpfulness(inputs)
+        reward, use_safety = llama2_select(safety, helpfulness, self.unsafe(inputs), self.threshold)
+        metrics = {
+            "safety": safety.mean(),
+            "helpfulness": helpfulness.mean(),
+            "safety_share": use_safety.float().mean(),
+        }
+        metrics.update({f"safety/{k}": v for k, v in s_metrics.items()})
+        metrics.update({f"helpfulness/{k}": v for k, v in h_metrics.items()})
+        return reward, metrics
+
+
+# -- building from specs -----------------------------------------------------------------------------------
+def _rule(spec: RuleSourceSpec, tokenizer: PreTrainedTokenizerBase) -> nn.Module:
+    return RuleSource(REWARDS.get(spec.name), spec.args, spec.name)
+
+
+def _model(spec: ModelSourceSpec, tokenizer: PreTrainedTokenizerBase) -> nn.Module:
+    own = load_tokenizer(spec.model)
+    return ModelSource(build_scalar_model(spec.model, own), own, reuse_ids=same_tokenizer(own, tokenizer))
+
+
+def _weighted_sum(spec: WeightedSumSourceSpec, tokenizer: PreTrainedTokenizerBase) -> nn.Module:
+    sources = [build_source(t.source, tokenizer) for t in spec.terms]
+    return WeightedSumSource([t.weight for t in spec.terms], sources, [t.source.kind for t in spec.terms])
+
+
+def _llama2(spec: Llama2SourceSpec, tokenizer: PreTrainedTokenizerBase) -> nn.Module:
+    safety, helpfulness = build_source(spec.safety, tokenizer), build_source(spec.helpfulness, tokenizer)
+    return Llama2Source(safety, helpfulness, spec.threshold, spec.unsafe_key)
+
+
+BUILDERS: dict[str, Callable[[Any, PreTrainedTokenizerBase], nn.Module]] = {
+    "rule": _rule,
+    "model": _model,
+    "weighted_sum": _weighted_sum,
+    "llama2": _llama2,
+}
+
+
+def build_source(spec: Any, tokenizer: PreTrainedTokenizerBase) -> nn.Module:
+    """The module of one reward source spec; `tokenizer` is the policy's (the ids RewardInputs carry)."""
+    return BUILDERS[spec.kind](spec, tokenizer)
