@@ -65,4 +65,11 @@ def shard_fsdp2(model: nn.Module, mesh: Any, hw: HardwareSpec) -> None:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     for block in _blocks(model):
         fully_shard(block, **options)
+    for module in model.modules():
+        # Scalar-head models (reward model, critic) are called as base_model then score, to read the value
+        # at every token: each is then its own unit, so that calling it gathers its weights (the root's
+        # hooks would not run).
+        if hasattr(module, "score") and isinstance(module.score, nn.Module) and module.base_model is not module:
+            fully_shard(module.base_model, **options)
+            fully_shard(module.score, **options)
     fully_shard(model, **options)

@@ -121,3 +121,30 @@ def test_offline_preference_trains_on_two_processes(tmp_path: Path, algorithm: s
     assert torch.isfinite(torch.tensor([metrics["train/loss"], metrics["eval/loss"]])).all()
     if algorithm == "kto":
         assert metrics["train/kl/z0"] >= 0.0
+
+
+ONLINE = """
+name: dist_online
+algorithm: {name: ALGO, max_new_tokens: 6, samples_per_prompt: 2}
+policy: {architecture: llama, hidden_size: 32, num_layers: 1, num_heads: 2}
+reward: {source: {kind: rule, name: length_target, args: {target: 4}}, normalize: batch}
+data: {train: {generator: reverse_words, args: {n: 32}}, eval_fraction: 0.25, max_length: 48}
+trainer: {max_steps: 2, prompts_per_step: 4, micro_batch_size: 2}
+logging: {progress_bar: false}
+"""
+
+
+@pytest.mark.parametrize(
+    ("algorithm", "hardware"),
+    [(name, "ddp-cpu-2") for name in ("ppo", "grpo", "remax", "reinforce", "rejection_sampling")]
+    + [("grpo", "fsdp-cpu-2"), ("ppo", "fsdp-cpu-2")],
+)
+def test_online_algorithms_train_on_two_processes(tmp_path: Path, algorithm: str, hardware: str) -> None:
+    """Each rank samples its share of prompts (FSDP: generation in step across ranks, responses of different
+    lengths), the reward is normalised over both ranks, and the step's loss is shared out over both."""
+    alignkit(tmp_path, ONLINE.replace("ALGO", algorithm), f"hardware.preset={hardware}")
+    record = status(tmp_path / "runs" / "dist_online" / "version_0")
+    assert record["status"] == "finished" and record["global_step"] == 2
+    metrics = record["metrics"]
+    assert {"train/reward/mean", "train/kl/ref", "eval/reward/mean"} <= set(metrics)
+    assert all(torch.isfinite(torch.tensor(v)) for v in metrics.values())
