@@ -1,0 +1,134 @@
+"""Online RL end to end: critic initialisation, the iteration x axis, micro-batching, rejection sampling's choice."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from conftest import minimal
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from alignkit.algorithms import ALGORITHMS
+from alignkit.algorithms.online import take
+from alignkit.config.load import validate_dict
+from alignkit.models import ModelSpec, build_scalar_model, byte_tokenizer, save_hf
+from alignkit.rollout import Rollout
+from alignkit.run import build_models, run
+
+TINY = {"architecture": "llama", "hidden_size": 32, "num_layers": 1, "num_heads": 2}
+
+
+def cfg_for(algorithm: str, root: Path, /, **overrides: Any) -> Any:
+    data = minimal(algorithm)
+    data["data"] = {**data["data"], "eval_fraction": 0.125}
+    data.update(
+        trainer={"max_steps": 3, "prompts_per_step": 4, "micro_batch_size": 4, "log_every_n_steps": 1},
+        hardware={"accelerator": "cpu", "strategy": "single"},
+        logging={"root": str(root), "progress_bar": False},
+        checkpoint={"export_hf": False},
+    )
+    for key, value in overrides.items():
+        data[key] = {**data.get(key, {}), **value} if isinstance(value, dict) else value
+    return validate_dict(data)
+
+
+def reward_model_dir(tmp_path: Path) -> Path:
+    tok = byte_tokenizer()
+    return save_hf(build_scalar_model(ModelSpec(**TINY, init_seed=3), tok), tok, tmp_path / "rm")
+
+
+def test_ppo_critic_starts_from_the_reward_model(tmp_path: Path) -> None:
+    rm = reward_model_dir(tmp_path)
+    cfg = cfg_for("ppo", tmp_path, reward={"source": {"kind": "model", "model": {"path": str(rm)}}})
+    models, _ = build_models(cfg, ALGORITHMS.get("ppo"))
+    reward_model = models["reward"].source.model
+    for key, value in reward_model.state_dict().items():
+        torch.testing.assert_close(models["critic"].state_dict()[key], value, msg=key)
+    assert not any(p.requires_grad for p in models["reward"].parameters())  # frozen
+    result = run(cfg)  # and trains with a reward model as the reward
+    assert result.global_step == 3 and "train/value/explained_var" in result.metrics
+
+
+def test_ppo_critic_from_the_policy_shares_its_backbone(tmp_path: Path) -> None:
+    cfg = cfg_for("ppo", tmp_path, algorithm={"critic_init": "policy"})
+    models, _ = build_models(cfg, ALGORITHMS.get("ppo"))
+    policy, critic = models["policy"].base_model.state_dict(), models["critic"].base_model.state_dict()
+    assert policy.keys() == critic.keys()
+    for key in policy:
+        torch.testing.assert_close(critic[key], policy[key], msg=key)
+
+
+def test_the_x_axis_counts_iterations_whatever_the_optimizer_steps(tmp_path: Path) -> None:
+    """PPO with 2 epochs x 2 minibatches takes 4 optimizer steps per iteration; TensorBoard shows iterations."""
+    cfg = cfg_for("ppo", tmp_path, algorithm={"update_epochs": 2, "num_minibatches": 2})
+    result = run(cfg)
+    acc = EventAccumulator(str(result.run_dir)).Reload()
+    assert [e.step for e in acc.Scalars("train/reward/mean")] == [0, 1, 2]
+    assert result.global_step == 3  # iterations, as trainer.max_steps counts them
+    ckpt = torch.load(result.run_dir / "checkpoints" / "last.ckpt", weights_only=False, map_location="cpu")
+    assert ckpt["global_step"] == 12  # Lightning's optimizer steps
+
+
+@pytest.mark.parametrize("algorithm", ["grpo", "ppo"])
+def test_micro_batching_does_not_change_the_gradient(algorithm: str, tmp_path: Path) -> None:
+    """The loss of each micro-batch is its share of the step's: 4 micro-batches of 2 == 1 of 8, gradient-wise."""
+    cfg = cfg_for(
+        algorithm, tmp_path, algorithm={"loss_aggregation": "seq_mean_token_mean"} if algorithm == "grpo" else {}
+    )
+    module_cls = ALGORITHMS.get(algorithm)
+    models, tok = build_models(cfg, module_cls)
+    module = module_cls(cfg, models, tok)
+    torch.manual_seed(0)
+    prompts = tok(["reverse: cat =", "reverse: dog sun ="], return_tensors="pt", padding=True, padding_side="left")
+    batch = {"prompt_input_ids": prompts["input_ids"], "prompt_attention_mask": prompts["attention_mask"]}
+
+    class FakeTrainer:
+        world_size = 1
+
+    module._trainer = FakeTrainer()  # sample() asks for the world size only
+    module.algo = module.algo.model_copy(update={"samples_per_prompt": 4})
+    exp = module.experience(batch)
+    module.advantages(exp)
+    rows = torch.arange(8)
+    mask = exp["rollout"].response_mask
+    counts = {"tokens": mask.sum().float(), "sequences": torch.tensor(8.0), "epoch": 0}
+
+    def grads(split: int) -> list[torch.Tensor]:
+        module.zero_grad()
+        for part in rows.split(split):
+            module.loss(exp, part, counts)[0].backward()
+        return [p.grad.clone() for p in module.policy.parameters() if p.grad is not None]
+
+    whole_batch = grads(8)
+    assert whole_batch and any(g.abs().sum() > 0 for g in whole_batch)
+    for whole, parts in zip(whole_batch, grads(2), strict=True):
+        torch.testing.assert_close(parts, whole, rtol=1e-4, atol=1e-6)
+
+
+def test_rejection_sampling_keeps_each_prompts_best_response(tmp_path: Path) -> None:
+    """Scores of 2 prompts x 3 samples: [0.1, 0.9, 0.5 | -2, -1, -3] -> rows 1 and 4; threshold 0 drops row 4."""
+    cfg = cfg_for("rejection_sampling", tmp_path, algorithm={"samples_per_prompt": 3, "threshold": 0.0})
+    module_cls = ALGORITHMS.get("rejection_sampling")
+    models, tok = build_models(cfg, module_cls)
+    module = module_cls(cfg, models, tok)
+    exp = {"scores": torch.tensor([0.1, 0.9, 0.5, -2.0, -1.0, -3.0]), "metrics": {}}
+    module.advantages(exp)
+    assert exp["train_rows"].tolist() == [1, 4]
+    assert exp["weights"].tolist() == [0, 1, 0, 0, 0, 0]  # row 4 is its prompt's best but below the threshold
+    assert exp["metrics"]["reward/best_mean"].item() == pytest.approx((0.9 - 1.0) / 2)
+    assert exp["metrics"]["rs/kept"].item() == 0.5
+
+
+def test_take_selects_rows_of_a_rollout() -> None:
+    rollout = Rollout(
+        sequences=torch.arange(12).view(3, 4),
+        attention_mask=torch.ones(3, 4, dtype=torch.long),
+        response_mask=torch.tensor([[0, 0, 1, 1], [0, 0, 1, 0], [0, 0, 0, 0]]),
+        prompt_length=2,
+        finished=torch.tensor([True, False, False]),
+    )
+    sub = take(rollout, torch.tensor([2, 0]))
+    assert sub.sequences.tolist() == [[8, 9, 10, 11], [0, 1, 2, 3]]
+    assert sub.finished.tolist() == [False, True] and sub.prompt_length == 2
