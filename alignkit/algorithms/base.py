@@ -135,6 +135,9 @@ class AlignModule(L.LightningModule):
     def log_split(self, split: str, metrics: dict[str, Tensor | float], batch_size: int) -> None:
         """Log `<split>/<name>` tags: per step for train, averaged over the epoch (all ranks) for eval."""
         step = split == "train"
+        if step and not self.automatic_optimization:
+            self._log_iteration(metrics, batch_size)
+            return
         self.log_dict(
             {f"{split}/{k}": v.detach() if isinstance(v, Tensor) else float(v) for k, v in metrics.items()},
             on_step=step,
@@ -142,3 +145,16 @@ class AlignModule(L.LightningModule):
             sync_dist=not step,
             batch_size=batch_size,
         )
+
+    def _log_iteration(self, metrics: dict[str, Tensor | float], batch_size: int) -> None:
+        """Train metrics of an online iteration, written to the logger at the iteration's step.
+
+        Lightning writes every key it has seen at every step, repeating a key's last value where a step did
+        not log it; online iterations log different keys (PPO's and rejection-sampling rounds'), so they go to
+        the logger directly, and through self.log only for the run's final metrics.
+        """
+        values = {f"train/{k}": float(v) for k, v in metrics.items()}
+        iteration = self.trainer.fit_loop.epoch_loop._batches_that_stepped
+        if self.logger is not None and self.trainer.is_global_zero and iteration % self.trainer.log_every_n_steps == 0:
+            self.logger.log_metrics(values, step=iteration)
+        self.log_dict(values, on_step=True, on_epoch=False, logger=False, batch_size=batch_size)

@@ -121,10 +121,11 @@ class OnlineModule(AlignModule):
         ]
         return torch.cat(parts)
 
-    def experience(self, batch: dict[str, Any]) -> dict[str, Any]:
+    def experience(self, batch: dict[str, Any], num_samples: int | None = None) -> dict[str, Any]:
         """Everything the update needs, computed without gradients: samples, rewards, reference log-probs."""
-        rollout = self.sample(batch)
-        scores, reward_metrics = self.rewards(rollout, batch, self.algo.samples_per_prompt)
+        num_samples = num_samples or self.algo.samples_per_prompt
+        rollout = self.sample(batch, num_samples=num_samples)
+        scores, reward_metrics = self.rewards(rollout, batch, num_samples)
         exp: dict[str, Any] = {
             "rollout": rollout,
             "scores": scores.to(self.device).float(),
@@ -159,8 +160,10 @@ class OnlineModule(AlignModule):
             metrics["kl/ref"] = masked_sum(exp["old_logps"] - exp["ref_logps"], mask, dim=-1).mean()
         return metrics
 
-    def update(self, exp: dict[str, Any]) -> dict[str, Tensor]:
-        """update_epochs passes x num_minibatches optimizer steps over the iteration's samples."""
+    def update(self, exp: dict[str, Any], loss_fn: Any = None) -> dict[str, Tensor]:
+        """update_epochs passes x num_minibatches optimizer steps over the iteration's samples, with
+        `loss_fn(exp, rows, counts)` (default: the algorithm's loss)."""
+        loss_fn = loss_fn or self.loss
         opt, sched = self.optimizers(), self.lr_schedulers()
         world = self.trainer.world_size
         mask = exp["rollout"].response_mask
@@ -180,7 +183,7 @@ class OnlineModule(AlignModule):
                     counts = self.all_gather(counts).sum(0)
                 opt.zero_grad()
                 for rows in self.micro_batches(minibatch):
-                    loss, metrics = self.loss(exp, rows, {"tokens": counts[0], "sequences": counts[1], "epoch": epoch})
+                    loss, metrics = loss_fn(exp, rows, {"tokens": counts[0], "sequences": counts[1], "epoch": epoch})
                     # DDP and FSDP average gradients over ranks; the shares already sum to the whole
                     self.manual_backward(loss * world)
                     for k, v in metrics.items():

@@ -10,6 +10,7 @@ from pydantic import Field
 from torch import Tensor
 
 from alignkit.algorithms.online import OnlineConfig, OnlineModule, take
+from alignkit.algorithms.rejection_sampling import best_of_groups, sft_on_kept
 from alignkit.config.base import Spec
 from alignkit.models import token_values
 from alignkit.ops import masked_mean
@@ -35,6 +36,16 @@ class AdaptiveKLSpec(Spec):
     horizon: int = Field(10000, ge=1, description="Samples over which a 20% KL error changes the coefficient by 20%.")
 
 
+class RejectionSamplingRounds(Spec):
+    """Llama 2's schedule (Touvron et al. 2023, sec. 3.2.3): rejection-sampling fine-tuning rounds between PPO."""
+
+    every_n_steps: int = Field(
+        ge=2, description="Every N-th iteration is a rejection-sampling round (best-of-K, SFT) instead of PPO."
+    )
+    samples_per_prompt: int = Field(4, ge=2, description="K: responses per prompt in those rounds.")
+    threshold: float | None = Field(None, description="Drop a best response scoring below this.")
+
+
 class PPOConfig(OnlineConfig):
     name: Literal["ppo"] = "ppo"
     update_epochs: int = Field(4, ge=1, description="PPO epochs over each iteration's samples.")
@@ -46,6 +57,9 @@ class PPOConfig(OnlineConfig):
     vf_coef: float = Field(0.1, ge=0, description="Weight of the value loss in the joint loss.")
     entropy_coef: float = Field(0.0, ge=0, description="Entropy bonus weight (0 = none).")
     whiten_advantages: bool = Field(True, description="Whiten advantages over the iteration's response tokens.")
+    rejection_sampling: RejectionSamplingRounds | None = Field(
+        None, description="Alternate PPO with rejection-sampling rounds, as Llama 2 did; null = PPO only."
+    )
     critic_init: Literal["reward_model", "policy"] = Field(
         "reward_model",
         description="Without a critic section, the critic starts from the reward model (reward source kind "
@@ -85,6 +99,24 @@ class PPO(OnlineModule):
         critic = build_scalar_model(cfg.policy, tokenizer)
         critic.base_model.load_state_dict(models["policy"].base_model.state_dict())
         return critic
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        rounds = self.algo.rejection_sampling
+        # the iteration's number, from Lightning's count of logged steps (restored on resume)
+        iteration = self.trainer.fit_loop.epoch_loop._batches_that_stepped
+        if rounds is None or (iteration + 1) % rounds.every_n_steps:
+            return super().training_step(batch, batch_idx)
+        # a rejection-sampling round: best-of-K, then the SFT loss on the kept responses (same optimizer)
+        exp = self.experience(batch, num_samples=rounds.samples_per_prompt)
+        exp["train_rows"], exp["weights"], selection = best_of_groups(
+            exp["scores"], rounds.samples_per_prompt, rounds.threshold
+        )
+        metrics = {**self.rollout_metrics(exp), **selection, "rs/round": torch.tensor(1.0)}
+        metrics.update(self.update(exp, loss_fn=lambda e, rows, counts: sft_on_kept(self, e, rows, counts)))
+        rollout = exp["rollout"]
+        self.last_counts = (len(rollout.sequences), int(rollout.attention_mask.sum()))
+        self.log_split("train", metrics, batch_size=len(rollout.sequences))
+        return None
 
     def values_of(self, rollout: Any) -> Tensor:
         """[N, T] V(s_t) for each token t: the critic's output at the position before it (the state it saw)."""
@@ -128,7 +160,8 @@ class PPO(OnlineModule):
     def rollout_metrics(self, exp: dict[str, Any]) -> dict[str, Tensor]:
         metrics = super().rollout_metrics(exp)
         metrics["kl/coef"] = torch.tensor(self.kl_ctl.value)
-        metrics["value/mean"] = masked_mean(exp["old_values"], exp["rollout"].response_mask)
+        if "old_values" in exp:  # (not in rejection-sampling rounds)
+            metrics["value/mean"] = masked_mean(exp["old_values"], exp["rollout"].response_mask)
         return metrics
 
     def after_update(self, exp: dict[str, Any], metrics: dict[str, Tensor]) -> dict[str, Tensor]:

@@ -23,6 +23,34 @@ class RejectionSamplingConfig(OnlineConfig):
     kl_coef: float = Field(0.0, ge=0, description="Not used in the loss (the SFT loss has no KL term); KL is logged.")
 
 
+def best_of_groups(scores: Tensor, k: int, threshold: float | None) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+    """(rows kept, per-row weights, metrics) for scores [N * k] laid out group after group.
+
+    Each group's best response is kept (weight 1); with a threshold, a best response scoring below it gets
+    weight 0. Ties go to the first sample.
+    """
+    groups = scores.view(-1, k)
+    best = groups.argmax(dim=1)
+    rows = best + torch.arange(len(groups), device=best.device) * k
+    top = groups.max(dim=1).values
+    keep = (top >= threshold).float() if threshold is not None else torch.ones_like(top)
+    weights = torch.zeros_like(scores).index_put((rows,), keep)
+    return rows, weights, {"reward/best_mean": top.mean(), "rs/kept": keep.mean()}
+
+
+def sft_on_kept(
+    module: OnlineModule, exp: dict[str, Any], rows: Tensor, counts: dict[str, Any]
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """The SFT loss (the model's own likelihood, temperature 1) of the kept responses among `rows`."""
+    sub = take(exp["rollout"], rows)
+    mask = sub.response_mask
+    logps, entropy = score(module.policy, sub, with_entropy=True)
+    nll = -logps * exp["weights"][rows][:, None]
+    norm = {"num_tokens": counts["tokens"], "num_sequences": counts["sequences"], "max_len": mask.shape[1]}
+    loss = aggregate(nll, mask, "token_mean", **norm)
+    return loss, {"loss": masked_mean(nll.detach(), mask), "entropy": masked_mean(entropy.detach(), mask)}
+
+
 class RejectionSampling(OnlineModule):
     """Each iteration (a round on a batch of prompts, Dong et al. 2023): sample K, keep the best by reward,
     one SFT pass on the kept responses; the next round samples from the improved policy."""
@@ -32,23 +60,10 @@ class RejectionSampling(OnlineModule):
     needs_old_logps = True  # only for the logged KL to the reference of what was sampled
 
     def advantages(self, exp: dict[str, Any]) -> None:
-        k = self.algo.samples_per_prompt
-        groups = exp["scores"].view(-1, k)
-        best = groups.argmax(dim=1)
-        exp["train_rows"] = best + torch.arange(len(groups), device=best.device) * k
-        keep = torch.ones_like(groups[:, 0])
-        if self.algo.threshold is not None:
-            keep = (groups.max(dim=1).values >= self.algo.threshold).float()
-        exp["weights"] = torch.zeros_like(exp["scores"]).index_put((exp["train_rows"],), keep)
-        exp["metrics"]["reward/best_mean"] = groups.max(dim=1).values.mean()
-        exp["metrics"]["rs/kept"] = keep.mean()
+        exp["train_rows"], exp["weights"], metrics = best_of_groups(
+            exp["scores"], self.algo.samples_per_prompt, self.algo.threshold
+        )
+        exp["metrics"].update(metrics)
 
     def loss(self, exp: dict[str, Any], rows: Tensor, counts: dict[str, Any]) -> tuple[Tensor, dict[str, Tensor]]:
-        sub = take(exp["rollout"], rows)
-        mask = sub.response_mask
-        # the model's own likelihood (temperature 1), as in SFT
-        logps, entropy = score(self.policy, sub, with_entropy=True)
-        nll = -logps * exp["weights"][rows][:, None]
-        norm = {"num_tokens": counts["tokens"], "num_sequences": counts["sequences"], "max_len": mask.shape[1]}
-        loss = aggregate(nll, mask, "token_mean", **norm)
-        return loss, {"loss": masked_mean(nll.detach(), mask), "entropy": masked_mean(entropy.detach(), mask)}
+        return sft_on_kept(self, exp, rows, counts)

@@ -71,6 +71,18 @@ def test_the_x_axis_counts_iterations_whatever_the_optimizer_steps(tmp_path: Pat
     assert ckpt["global_step"] == 12  # Lightning's optimizer steps
 
 
+def test_ppo_alternates_with_rejection_sampling_rounds(tmp_path: Path) -> None:
+    """every_n_steps 2: iterations 1 and 3 (of 0..3) are best-of-3 rounds with the SFT loss, the rest PPO."""
+    rounds = {"every_n_steps": 2, "samples_per_prompt": 3}
+    cfg = cfg_for("ppo", tmp_path, algorithm={"rejection_sampling": rounds}, trainer={"max_steps": 4})
+    result = run(cfg)
+    acc = EventAccumulator(str(result.run_dir)).Reload()
+    assert [e.step for e in acc.Scalars("train/rs/round")] == [1, 3]
+    assert [e.step for e in acc.Scalars("train/reward/best_mean")] == [1, 3]
+    assert [e.step for e in acc.Scalars("train/value/loss")] == [0, 2]  # PPO iterations
+    assert [e.step for e in acc.Scalars("train/reward/mean")] == [0, 1, 2, 3]
+
+
 @pytest.mark.parametrize("algorithm", ["grpo", "ppo"])
 def test_micro_batching_does_not_change_the_gradient(algorithm: str, tmp_path: Path) -> None:
     """The loss of each micro-batch is its share of the step's: 4 micro-batches of 2 == 1 of 8, gradient-wise."""
