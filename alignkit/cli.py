@@ -145,6 +145,8 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     # Lightning 2.6 on torch 2.13 warns about torch's own pytree API on every step; nothing a user can act on
     warnings.filterwarnings("ignore", message=".*LeafSpec.*is deprecated.*")
+    # frozen models (reference, reward) are kept in eval mode on purpose (AlignModule.train)
+    warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training.*")
     args = parser().parse_args(argv)
     try:
         return int(args.fn(args))

@@ -9,7 +9,6 @@ so curves overlay whatever the number of optimizer steps per iteration.
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Any, ClassVar
 
 import torch
@@ -116,7 +115,7 @@ class OnlineModule(AlignModule):
     def logps_of(self, model: Any, rollout: Rollout) -> Tensor:
         """Per-token log-probs [N, T] of the rollout under `model`, micro-batch by micro-batch, no graph."""
         parts = [
-            score(model, take(rollout, rows), temperature=self.algo.temperature)[0]
+            score(model, rollout.index(rows), temperature=self.algo.temperature)[0]
             for rows in self.micro_batches(torch.arange(len(rollout.sequences), device=rollout.sequences.device))
         ]
         return torch.cat(parts)
@@ -139,11 +138,8 @@ class OnlineModule(AlignModule):
 
     # -- the iteration -------------------------------------------------------------------------------
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        was_training = self.policy.training
         exp = self.experience(batch)
         self.advantages(exp)
-        if was_training:
-            self.policy.train()
         metrics = self.rollout_metrics(exp)
         metrics.update(self.update(exp))
         metrics.update(self.after_update(exp, metrics))
@@ -207,7 +203,7 @@ class OnlineModule(AlignModule):
         update per iteration the ratio is 1 and this is REINFORCE's -A log pi (the clip only acts on later
         passes). Aggregated by `loss_aggregation` over the whole optimizer step.
         """
-        a, sub = self.algo, take(exp["rollout"], rows)
+        a, sub = self.algo, exp["rollout"].index(rows)
         mask = sub.response_mask
         logps, entropy = score(self.policy, sub, temperature=a.temperature, with_entropy=True)
         old = exp["old_logps"][rows] if "old_logps" in exp else logps.detach()
@@ -243,14 +239,3 @@ class OnlineModule(AlignModule):
             "response/length": rollout.response_lengths.float().mean(),
         }
         self.log_split("eval", metrics, batch_size=len(rollout.sequences))
-
-
-def take(rollout: Rollout, rows: Tensor) -> Rollout:
-    """The rollout's rows `rows` (same prompt length)."""
-    return replace(
-        rollout,
-        sequences=rollout.sequences[rows],
-        attention_mask=rollout.attention_mask[rows],
-        response_mask=rollout.response_mask[rows],
-        finished=rollout.finished[rows],
-    )

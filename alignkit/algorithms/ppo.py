@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor
 
-from alignkit.algorithms.online import OnlineConfig, OnlineModule, take
+from alignkit.algorithms.online import OnlineConfig, OnlineModule
 from alignkit.algorithms.rejection_sampling import best_of_groups, sft_on_kept
 from alignkit.config.base import Spec
 from alignkit.models import token_values
@@ -128,7 +128,7 @@ class PPO(OnlineModule):
         mask = rollout.response_mask
         with torch.no_grad():
             rows = torch.arange(len(rollout.sequences), device=mask.device)
-            exp["old_values"] = torch.cat([self.values_of(take(rollout, r)) for r in self.micro_batches(rows)])
+            exp["old_values"] = torch.cat([self.values_of(rollout.index(r)) for r in self.micro_batches(rows)])
         kl = kl_penalty(exp["old_logps"], exp["ref_logps"], self.algo.kl_estimator) * mask
         rewards = token_rewards(exp["scores"], kl, mask, self.kl_ctl.value)
         adv, returns = gae(rewards, exp["old_values"], mask, self.algo.gamma, self.algo.lam)
@@ -137,7 +137,7 @@ class PPO(OnlineModule):
         exp["kl_tokens"] = kl
 
     def loss(self, exp: dict[str, Any], rows: Tensor, counts: dict[str, Any]) -> tuple[Tensor, dict[str, Tensor]]:
-        a, sub = self.algo, take(exp["rollout"], rows)
+        a, sub = self.algo, exp["rollout"].index(rows)
         mask = sub.response_mask
         logps, entropy = score(self.policy, sub, temperature=a.temperature, with_entropy=True)
         values = self.values_of(sub)

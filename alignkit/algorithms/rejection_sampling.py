@@ -8,7 +8,7 @@ import torch
 from pydantic import Field
 from torch import Tensor
 
-from alignkit.algorithms.online import OnlineConfig, OnlineModule, take
+from alignkit.algorithms.online import OnlineConfig, OnlineModule
 from alignkit.ops import masked_mean
 from alignkit.ops.rl import aggregate
 from alignkit.rollout import score
@@ -42,7 +42,7 @@ def sft_on_kept(
     module: OnlineModule, exp: dict[str, Any], rows: Tensor, counts: dict[str, Any]
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """The SFT loss (the model's own likelihood, temperature 1) of the kept responses among `rows`."""
-    sub = take(exp["rollout"], rows)
+    sub = exp["rollout"].index(rows)
     mask = sub.response_mask
     logps, entropy = score(module.policy, sub, with_entropy=True)
     nll = -logps * exp["weights"][rows][:, None]

@@ -11,10 +11,8 @@ from conftest import minimal
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from alignkit.algorithms import ALGORITHMS
-from alignkit.algorithms.online import take
 from alignkit.config.load import validate_dict
 from alignkit.models import ModelSpec, build_scalar_model, byte_tokenizer, save_hf
-from alignkit.rollout import Rollout
 from alignkit.run import build_models, run
 
 TINY = {"architecture": "llama", "hidden_size": 32, "num_layers": 1, "num_heads": 2}
@@ -131,16 +129,3 @@ def test_rejection_sampling_keeps_each_prompts_best_response(tmp_path: Path) -> 
     assert exp["weights"].tolist() == [0, 1, 0, 0, 0, 0]  # row 4 is its prompt's best but below the threshold
     assert exp["metrics"]["reward/best_mean"].item() == pytest.approx((0.9 - 1.0) / 2)
     assert exp["metrics"]["rs/kept"].item() == 0.5
-
-
-def test_take_selects_rows_of_a_rollout() -> None:
-    rollout = Rollout(
-        sequences=torch.arange(12).view(3, 4),
-        attention_mask=torch.ones(3, 4, dtype=torch.long),
-        response_mask=torch.tensor([[0, 0, 1, 1], [0, 0, 1, 0], [0, 0, 0, 0]]),
-        prompt_length=2,
-        finished=torch.tensor([True, False, False]),
-    )
-    sub = take(rollout, torch.tensor([2, 0]))
-    assert sub.sequences.tolist() == [[8, 9, 10, 11], [0, 1, 2, 3]]
-    assert sub.finished.tolist() == [False, True] and sub.prompt_length == 2

@@ -145,4 +145,5 @@ def test_prompt_batches_pad_on_the_left_by_default() -> None:
     batch = Collator("prompt", PAD)(rows)
     assert batch["prompt_input_ids"].tolist() == [[PAD, PAD, BOS, 97 - 30], [BOS, 97 - 30, 98 - 30, 99 - 30]]
     assert batch["prompt_attention_mask"].tolist() == [[0, 0, 1, 1], [1, 1, 1, 1]]
-    assert set(batch) == {"prompt_input_ids", "prompt_attention_mask"}
+    assert set(batch) == {"prompt_input_ids", "prompt_attention_mask", "metadata"}
+    assert batch["metadata"] == [{"prompt": "a"}, {"prompt": "abc"}]  # the rows' other columns, for rewards
