@@ -175,6 +175,7 @@ def main() -> None:
     p.add_argument("--max-new-tokens", type=int, default=32)
     p.add_argument("--repeats", type=int, default=2, help="runs of each worker, in alternating order; best kept")
     p.add_argument("--no-trl", action="store_true", help="skip TRL even if it is installed")
+    p.add_argument("--only", help="comma-separated workers to run, e.g. grpo,trl (default: all)")
     p.add_argument("--worker", choices=[*ALGORITHMS, "trl"], help=argparse.SUPPRESS)
     p.add_argument("--model-dir", help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -222,6 +223,12 @@ def main() -> None:
             f"iteration, max {args.max_new_tokens} new tokens, 1 optimizer step per iteration"
         )
         workers = [*ALGORITHMS, *(["trl"] if use_trl else [])]
+        if args.only:
+            wanted = args.only.split(",")
+            unknown = set(wanted) - set(workers)
+            if unknown:
+                p.error(f"--only: unknown or unavailable workers {sorted(unknown)}; choose from {workers}")
+            workers = [w for w in workers if w in wanted]
         runs: dict[str, list[dict[str, Any]]] = {}
         for repeat in range(args.repeats):
             # Alternate the order, so that no worker always runs first on a cold or busy machine.
@@ -242,17 +249,19 @@ def main() -> None:
             f"  {names[worker]:10s} {r['s_per_iter']:7.3f} {n / r['s_per_iter']:8.1f} {r['peak_mem_mb']:8.0f} "
             f"{trained[worker] / 1e6:7.1f}M {r['mean_length']:8.1f}  ({spread})"
         )
-    print(f"  * ReMax also generates {args.prompts} greedy responses per iteration (its baseline), not counted")
+    if "remax" in best:
+        print(f"  * ReMax also generates {args.prompts} greedy responses per iteration (its baseline), not counted")
 
-    ppo = best["ppo"]["peak_mem_mb"]
-    extra = {a: ppo - best[a]["peak_mem_mb"] for a in ("grpo", "remax")}
-    print(
-        f"PPO's critic costs {extra['grpo']:.0f} / {extra['remax']:.0f} MB more peak memory than GRPO / ReMax here "
-        f"({100 * extra['grpo'] / ppo:.0f}% / {100 * extra['remax'] / ppo:.0f}% of PPO's peak); its weights, "
-        f"gradients and AdamW state alone are {16 * critic_params / 2**20:.0f} MB at fp32"
-    )
-    if not use_trl:
-        if not args.no_trl:
+    if {"ppo", "grpo", "remax"} <= set(best):
+        ppo = best["ppo"]["peak_mem_mb"]
+        extra = {a: ppo - best[a]["peak_mem_mb"] for a in ("grpo", "remax")}
+        print(
+            f"PPO's critic costs {extra['grpo']:.0f} / {extra['remax']:.0f} MB more peak memory than GRPO / ReMax "
+            f"here ({100 * extra['grpo'] / ppo:.0f}% / {100 * extra['remax'] / ppo:.0f}% of PPO's peak); its "
+            f"weights, gradients and AdamW state alone are {16 * critic_params / 2**20:.0f} MB at fp32"
+        )
+    if not {"grpo", "trl"} <= set(best):
+        if not args.no_trl and not use_trl:
             print("(trl is not installed: pip install -e .[bench] to compare with TRL's GRPOTrainer)")
         return
     a, t = best["grpo"], best["trl"]

@@ -36,10 +36,21 @@ def masked_mean(x: Tensor, mask: Tensor, dim: int | None = None) -> Tensor:
     return masked_sum(x, mask, dim) / total.clamp(min=1.0)
 
 
-def model_logits(model: torch.nn.Module, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
-    """A causal LM's logits with position ids taken from the mask (padding side does not matter)."""
+def model_logits(
+    model: torch.nn.Module, input_ids: Tensor, attention_mask: Tensor, keep_last: int | None = None
+) -> Tensor:
+    """A causal LM's logits with position ids taken from the mask (padding side does not matter).
+
+    `keep_last`: only the last N positions' logits (transformers' logits_to_keep), e.g. those that predict a
+    response: the LM head and the [B, T, V] logits of a long prompt are then never computed.
+    """
+    extra = {"logits_to_keep": keep_last} if keep_last else {}
     return model(
-        input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids(attention_mask), use_cache=False
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        position_ids=position_ids(attention_mask),
+        use_cache=False,
+        **extra,
     ).logits
 
 

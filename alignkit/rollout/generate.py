@@ -171,16 +171,21 @@ def score(
     """
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0 (got {temperature})")
-    logits = model_logits(model, rollout.sequences, rollout.attention_mask)
+    # Only the logits that predict response tokens (positions P - 1 onwards): a long prompt's logits over
+    # the vocabulary are never materialised.
+    p = rollout.prompt_length
+    width = rollout.sequences.shape[1] - p + 1
+    logits = model_logits(model, rollout.sequences, rollout.attention_mask, keep_last=width)
     if temperature != 1.0:
         # Upcast before dividing, as generate does, so bf16 rounding does not differ from the sampler's.
         logits = logits.float() / temperature
     response = rollout.response_mask.bool()
-    logprobs = token_logprobs(logits, rollout.sequences).masked_fill(~response, 0.0)
+    pad = torch.nn.functional.pad
+    logprobs = pad(token_logprobs(logits, rollout.sequences[:, p - 1 :])[:, 1:], (p, 0)).masked_fill(~response, 0.0)
     if not with_entropy:
         return logprobs, None
     # Entropy at t is that of the distribution at t - 1, the one that predicted token t.
-    entropy = torch.nn.functional.pad(entropy_from_logits(logits[:, :-1]), (1, 0))
+    entropy = pad(entropy_from_logits(logits[:, :-1]), (p, 0))
     return logprobs, entropy.masked_fill(~response, 0.0)
 
 
