@@ -24,6 +24,7 @@ demo: setup
 	$(BIN)/alignkit run experiments/reward_model_tiny.yaml
 	$(BIN)/alignkit run experiments/dpo_tiny.yaml
 	$(BIN)/alignkit run experiments/kto_tiny.yaml
+	$(BIN)/alignkit run experiments/grpo_tiny.yaml
 
 lint: setup
 	$(BIN)/ruff check alignkit tests benchmarks
