@@ -129,3 +129,34 @@ def test_rejection_sampling_keeps_each_prompts_best_response(tmp_path: Path) -> 
     assert exp["weights"].tolist() == [0, 1, 0, 0, 0, 0]  # row 4 is its prompt's best but below the threshold
     assert exp["metrics"]["reward/best_mean"].item() == pytest.approx((0.9 - 1.0) / 2)
     assert exp["metrics"]["rs/kept"].item() == 0.5
+
+
+def test_an_online_run_resumes_where_it_stopped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """PPO with an adaptive KL coefficient crashes at iteration 2 and resumes: it ends at iteration 4, with the
+    coefficient it had reached, not the initial one."""
+    import json
+
+    from alignkit.algorithms.ppo import PPO
+
+    options = {"algorithm": {"adaptive_kl": {"target": 0.1, "horizon": 10}}, "trainer": {"max_steps": 4}}
+    cfg = cfg_for("ppo", tmp_path, **options, checkpoint={"every_n_steps": 1, "export_hf": False})
+    original, seen = PPO.training_step, []
+
+    def crash_at_2(self: Any, batch: dict, idx: int) -> None:
+        seen.append(self.kl_ctl.value)
+        if self.trainer.fit_loop.epoch_loop._batches_that_stepped == 2:
+            raise RuntimeError("simulated crash")
+        return original(self, batch, idx)
+
+    monkeypatch.setattr(PPO, "training_step", crash_at_2)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run(cfg)
+    coef_at_crash = seen[-1]
+    assert coef_at_crash != 0.05  # it moved
+    monkeypatch.setattr(PPO, "training_step", lambda self, b, i: seen.append(self.kl_ctl.value) or original(self, b, i))
+    resumed = run(
+        cfg_for("ppo", tmp_path, **options, checkpoint={"every_n_steps": 1, "resume": "auto", "export_hf": False})
+    )
+    assert resumed.global_step == 4
+    assert json.loads((resumed.run_dir / "run.json").read_text())["status"] == "finished"
+    assert seen[-2] == pytest.approx(coef_at_crash)  # the first resumed iteration starts from the saved coefficient
