@@ -193,7 +193,12 @@ def cross_section_problems(
         return []
     algo = ALGORITHMS.get(algorithm)
     present = set(present)
-    found = [f"{s}: required by algorithm '{algo.name}'" for s in algo.required_models if s not in present]
+    hints = {
+        "reward": "; e.g. `reward: {source: {kind: rule, name: length_target}}` or `{kind: model, model: {path: ...}}`"
+    }
+    found = [
+        f"{s}: required by algorithm '{algo.name}'{hints.get(s, '')}" for s in algo.required_models if s not in present
+    ]
     found += [
         f"{s}: not used by algorithm '{algo.name}' (it uses: {', '.join(algo.models)}); remove this section"
         for s in (*MODEL_SECTIONS, "reward")

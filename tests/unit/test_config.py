@@ -384,6 +384,21 @@ def test_model_section_the_algorithm_does_not_use() -> None:
     }
 
 
+def test_reward_section_required_by_online_algorithms_only() -> None:
+    missing = problems(minimal("grpo", reward=None))
+    assert missing["reward"].startswith("required by algorithm 'grpo'; e.g. `reward: {source: {kind: rule")
+    rule = {"source": {"kind": "rule", "name": "length_target"}}
+    assert problems(minimal(reward=rule)) == {
+        "reward": "not used by algorithm 'sft' (it uses: policy); remove this section"
+    }
+
+
+def test_kto_says_which_records_it_reads() -> None:
+    assert problems(minimal("kto", data=None)) == {
+        "data": "required by algorithm 'kto', which trains on unpaired or preference records"
+    }
+
+
 def test_missing_data_section() -> None:
     assert problems(minimal(data=None)) == {"data": "required by algorithm 'sft', which trains on completion records"}
 
