@@ -22,13 +22,12 @@ from __future__ import annotations
 
 import resource
 import tempfile
-import time
 from typing import Any
 
 from datasets import Dataset
-from transformers import PreTrainedModel, TrainerCallback
-from transformers.trainer_callback import PrinterCallback, ProgressCallback
+from transformers import PreTrainedModel
 from trl import DPOConfig, DPOTrainer
+from trl_common import OfflineMixin, StepClock, alignkit_like_args, quiet
 
 from alignkit.models import load_tokenizer
 from alignkit.models.spec import ModelSpec
@@ -37,7 +36,7 @@ from alignkit.models.spec import ModelSpec
 _COLUMNS = {"prompt_input_ids": "prompt_ids", "chosen_input_ids": "chosen_ids", "rejected_input_ids": "rejected_ids"}
 
 
-class _PretokenizedDPOTrainer(DPOTrainer):
+class _PretokenizedDPOTrainer(OfflineMixin, DPOTrainer):
     """DPOTrainer fed token ids as they are, and counting what each optimizer step consumed."""
 
     def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
@@ -46,26 +45,12 @@ class _PretokenizedDPOTrainer(DPOTrainer):
         # to the collator.
         return dataset
 
-    def _send_telemetry(self):
-        # base_trainer.py:82 pings the Hub from every trainer built; a benchmark must not reach the network.
-        pass
-
     def training_step(self, model, inputs, num_items_in_batch=None):
         # Counted from the collated batch rather than from `rows`, so an epoch wrap or a short last batch is
         # counted as it ran. Kept as tensors: no host sync inside the timed steps.
         self.bench_pairs.append(inputs["input_ids"].shape[0] // 2)
         self.bench_tokens.append(inputs["attention_mask"].sum())
         return super().training_step(model, inputs, num_items_in_batch)
-
-
-class _StepClock(TrainerCallback):
-    """Wall time at the end of each optimizer step (after optimizer.step and the scheduler)."""
-
-    def __init__(self) -> None:
-        self.ends: list[float] = []
-
-    def on_step_end(self, args, state, control, **kwargs):
-        self.ends.append(time.perf_counter())
 
 
 def make_trainer(
@@ -80,7 +65,7 @@ def make_trainer(
     precompute_ref: bool = False,
     seed: int = 0,
     ref_model: PreTrainedModel | None = None,
-) -> tuple[_PretokenizedDPOTrainer, _StepClock]:
+) -> tuple[_PretokenizedDPOTrainer, StepClock]:
     """The configured trainer and its step clock; `run_trl_dpo` trains it. `ref_model` exists for tests."""
     if not rows:
         raise ValueError("rows: need at least one pair")
@@ -91,28 +76,9 @@ def make_trainer(
 
     args = DPOConfig(
         output_dir=output_dir,
-        # fp32 on CPU: TRL's configs default bf16=True (base_config.py:108) and gradient checkpointing on
-        # (base_config.py:62); alignkit's defaults are 32-true without activation checkpointing. transformers 5.23
-        # reads `gradient_checkpointing` only as a deprecated alias of `activation_checkpointing`.
-        use_cpu=True,
-        bf16=False,
-        fp16=False,
-        activation_checkpointing=False,
-        model_init_kwargs={"dtype": "float32"},
+        **alignkit_like_args(lr=lr, steps=steps, seed=seed),
         per_device_train_batch_size=batch_size,
         gradient_accumulation_steps=1,
-        max_steps=steps,
-        # alignkit's OptimizerSpec defaults: torch.optim.AdamW, betas (0.9, 0.999), eps 1e-8, no weight decay;
-        # the non-fused "adamw_torch" is the same class alignkit builds. Clipping at 1.0 = gradient_clip_val.
-        optim="adamw_torch",
-        learning_rate=lr,
-        weight_decay=0.0,
-        adam_beta1=0.9,
-        adam_beta2=0.999,
-        adam_epsilon=1e-8,
-        max_grad_norm=1.0,
-        lr_scheduler_type="constant",
-        warmup_steps=0,
         beta=beta,
         loss_type=["sigmoid"],
         # max_length=1024 by default would cut sequences in the collator (dpo_trainer.py:153-165); the rows are
@@ -123,20 +89,11 @@ def make_trainer(
         # Rows in the given order, so step 1 sees rows[:batch_size] as alignkit does (transformers
         # Trainer._get_train_sampler -> SequentialSampler).
         train_sampling_strategy="sequential",
-        dataloader_num_workers=0,
-        seed=seed,
-        # The first step's loss is read from the log, so every step is logged.
-        logging_strategy="steps",
-        logging_steps=1,
-        report_to="none",
-        save_strategy="no",
-        eval_strategy="no",
-        disable_tqdm=True,
     )
     # The tokenizer alignkit loads for this directory, so the pad id (and nothing else: no text is tokenized)
     # is the one alignkit pads with.
     tokenizer = load_tokenizer(ModelSpec(path=model_dir))
-    clock = _StepClock()
+    clock = StepClock()
     trainer = _PretokenizedDPOTrainer(
         # A path, not a model: with ref_model=None TRL then loads the reference as a second copy from the same
         # directory, same dtype and attention kernel (dpo_trainer.py:907-927); with precompute_ref it loads none and
@@ -149,9 +106,7 @@ def make_trainer(
         callbacks=[clock],
     )
     trainer.bench_pairs, trainer.bench_tokens = [], []
-    # PrinterCallback would print every step's log dict to stdout.
-    trainer.remove_callback(PrinterCallback)
-    trainer.remove_callback(ProgressCallback)
+    quiet(trainer)
     return trainer, clock
 
 

@@ -31,35 +31,21 @@ from __future__ import annotations
 import resource
 import statistics
 import tempfile
-import time
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 from datasets import Dataset
-from transformers import TrainerCallback
-from transformers.trainer_callback import PrinterCallback, ProgressCallback
 from trl import GRPOConfig, GRPOTrainer
+from trl_common import OfflineMixin, StepClock, alignkit_like_args, quiet
 
 from alignkit.models import load_tokenizer
 from alignkit.models.spec import ModelSpec
 from alignkit.rewards.rules import length_target
 
 
-class _OfflineGRPOTrainer(GRPOTrainer):
-    def _send_telemetry(self):
-        # base_trainer.py:80-82 pings the Hub from every trainer built; a benchmark must not reach the network.
-        pass
-
-
-class _StepClock(TrainerCallback):
-    """Wall time at the end of each optimizer step (after optimizer.step and the scheduler)."""
-
-    def __init__(self) -> None:
-        self.ends: list[float] = []
-
-    def on_step_end(self, args, state, control, **kwargs):
-        self.ends.append(time.perf_counter())
+class _OfflineGRPOTrainer(OfflineMixin, GRPOTrainer):
+    pass
 
 
 def make_trainer(
@@ -77,7 +63,7 @@ def make_trainer(
     seed: int = 0,
     use_cpu: bool = True,
     bf16: bool = False,
-) -> tuple[_OfflineGRPOTrainer, _StepClock]:
+) -> tuple[_OfflineGRPOTrainer, StepClock]:
     """The configured trainer and its step clock; `run_trl_grpo` trains it. Prompts are used in the given order."""
     if len(prompts) < prompts_per_step * steps:
         raise ValueError(f"prompts: need {prompts_per_step} x {steps} prompts (got {len(prompts)})")
@@ -87,20 +73,12 @@ def make_trainer(
 
     args = GRPOConfig(
         output_dir=output_dir,
-        # fp32 weights: TRL's configs default bf16=True (base_config.py:68, 108) and gradient checkpointing on
-        # (base_config.py:62); alignkit's CPU preset is 32-true without activation checkpointing. transformers 5.23
-        # reads `gradient_checkpointing` only as a deprecated alias of `activation_checkpointing`.
-        use_cpu=use_cpu,
-        bf16=bf16,
-        fp16=False,
-        activation_checkpointing=False,
-        model_init_kwargs={"dtype": "float32"},
+        **alignkit_like_args(lr=lr, steps=steps, seed=seed, use_cpu=use_cpu, bf16=bf16),
         per_device_train_batch_size=prompts_per_step,
         gradient_accumulation_steps=group,
         steps_per_generation=group,
         num_generations=group,
         num_iterations=1,
-        max_steps=steps,
         max_completion_length=max_new_tokens,
         temperature=1.0,
         top_p=1.0,
@@ -109,33 +87,14 @@ def make_trainer(
         beta=beta,
         loss_type="grpo",
         scale_rewards="group",
-        # alignkit's OptimizerSpec defaults (torch.optim.AdamW, betas (0.9, 0.999), eps 1e-8), no weight decay,
-        # constant rate, gradient norm clipped at 1.0 (trainer.gradient_clip_val).
-        optim="adamw_torch",
-        learning_rate=lr,
-        weight_decay=0.0,
-        adam_beta1=0.9,
-        adam_beta2=0.999,
-        adam_epsilon=1e-8,
-        max_grad_norm=1.0,
-        lr_scheduler_type="constant",
-        warmup_steps=0,
         # Prompts in the given order (RepeatSampler without shuffle, trl/trainer/utils.py:930-935): the caller
         # passes alignkit's epoch-0 order, so step k sees the prompts alignkit's iteration k sees.
         shuffle_dataset=False,
-        dataloader_num_workers=0,
-        seed=seed,
-        logging_strategy="steps",
-        logging_steps=1,
-        report_to="none",
-        save_strategy="no",
-        eval_strategy="no",
-        disable_tqdm=True,
     )
     if args.generation_batch_size != prompts_per_step * group:
         raise RuntimeError(f"TRL would generate {args.generation_batch_size} completions per step, not P x G")
     tokenizer = load_tokenizer(ModelSpec(path=model_dir))  # alignkit's byte tokenizer, as alignkit loads it
-    clock = _StepClock()
+    clock = StepClock()
     trainer = _OfflineGRPOTrainer(
         model=model_dir,
         reward_funcs=[length_target_reward],
@@ -146,8 +105,7 @@ def make_trainer(
     )
     if trainer.model.is_gradient_checkpointing:
         raise RuntimeError("TRL turned gradient checkpointing on; the comparison assumes it off on both sides")
-    trainer.remove_callback(PrinterCallback)  # would print every step's log dict to stdout
-    trainer.remove_callback(ProgressCallback)
+    quiet(trainer)
     return trainer, clock
 
 
