@@ -80,6 +80,23 @@ def minimal(algo: str = "sft", /, **sections: Any) -> dict[str, Any]:
     return data
 
 
+def tiny_config(algorithm: str, root: Path, /, *, eval_fraction: float, **overrides: Any) -> Any:
+    """A validated MINIMAL[algorithm] for 3 quick steps on CPU under `root`, sections merged with `overrides`."""
+    from alignkit.config.load import validate_dict
+
+    data = minimal(algorithm)
+    data["data"] = {**data["data"], "eval_fraction": eval_fraction}
+    data.update(
+        trainer={"max_steps": 3, "prompts_per_step": 4, "micro_batch_size": 4, "log_every_n_steps": 1},
+        hardware={"accelerator": "cpu", "strategy": "single"},
+        logging={"root": str(root), "progress_bar": False},
+        checkpoint={"export_hf": False},
+    )
+    for key, value in overrides.items():
+        data[key] = {**data.get(key, {}), **value} if isinstance(value, dict) else value
+    return validate_dict(data)
+
+
 @pytest.fixture
 def write_yaml(tmp_path: Path) -> Callable[[str, str], Path]:
     """write_yaml("dir/x.yaml", text) -> the path, with the text dedented."""

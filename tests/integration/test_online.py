@@ -7,11 +7,10 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import minimal
+from conftest import tiny_config
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from alignkit.algorithms import ALGORITHMS
-from alignkit.config.load import validate_dict
 from alignkit.models import ModelSpec, build_scalar_model, byte_tokenizer, save_hf
 from alignkit.run import build_models, run
 
@@ -19,17 +18,7 @@ TINY = {"architecture": "llama", "hidden_size": 32, "num_layers": 1, "num_heads"
 
 
 def cfg_for(algorithm: str, root: Path, /, **overrides: Any) -> Any:
-    data = minimal(algorithm)
-    data["data"] = {**data["data"], "eval_fraction": 0.125}
-    data.update(
-        trainer={"max_steps": 3, "prompts_per_step": 4, "micro_batch_size": 4, "log_every_n_steps": 1},
-        hardware={"accelerator": "cpu", "strategy": "single"},
-        logging={"root": str(root), "progress_bar": False},
-        checkpoint={"export_hf": False},
-    )
-    for key, value in overrides.items():
-        data[key] = {**data.get(key, {}), **value} if isinstance(value, dict) else value
-    return validate_dict(data)
+    return tiny_config(algorithm, root, eval_fraction=0.125, **overrides)
 
 
 def reward_model_dir(tmp_path: Path) -> Path:
