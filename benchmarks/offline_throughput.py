@@ -18,12 +18,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from common import alternating, loader_order, run_worker, save_preset_model, train_alignkit
 
 BETA, LR, SEED = 0.1, 1e-4, 0
 
@@ -57,17 +58,7 @@ def alignkit_config(args: argparse.Namespace, model_dir: str, root: str, precomp
 
 
 def worker_alignkit(args: argparse.Namespace) -> dict[str, Any]:
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    from alignkit.config.load import config_from_dict
-    from alignkit.run import run
-
-    with tempfile.TemporaryDirectory() as root:
-        cfg = config_from_dict(alignkit_config(args, args.model_dir, root, args.precompute))
-        start = time.perf_counter()
-        result = run(cfg)
-        wall = time.perf_counter() - start
-        events = EventAccumulator(str(next(Path(result.run_dir).glob("events.*")))).Reload()
+    events, wall = train_alignkit(lambda root: alignkit_config(args, args.model_dir, root, args.precompute))
     losses = events.Scalars("train/loss")  # one event per step, written as the step ends
     seconds = losses[-1].wall_time - losses[0].wall_time
     samples = [e.value for e in events.Scalars("perf/samples_per_s")]
@@ -85,18 +76,14 @@ def worker_alignkit(args: argparse.Namespace) -> dict[str, Any]:
 
 def trl_rows(args: argparse.Namespace) -> list[dict[str, list[int]]]:
     """alignkit's tokenized pairs, in the order its loader visits them, split into prompt and completion ids."""
-    import torch
-
     from alignkit.config.load import config_from_dict
     from alignkit.data import build_datasets
     from alignkit.models import load_tokenizer
 
     cfg = config_from_dict(alignkit_config(args, args.model_dir, "unused", False))
     train, _ = build_datasets(cfg.data, "preference", load_tokenizer(cfg.policy), seed=SEED)
-    # alignkit.data.loader.ShardedSampler's epoch-0 order on one process
-    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(SEED)).tolist()
     rows = []
-    for i in order:
+    for i in loader_order(len(train), SEED):
         row = train[i]
         start = row["chosen_completion_mask"].index(1)
         prompt = row["chosen_input_ids"][:start]
@@ -112,7 +99,6 @@ def trl_rows(args: argparse.Namespace) -> list[dict[str, list[int]]]:
 
 
 def worker_trl(args: argparse.Namespace) -> dict[str, Any]:
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
     from trl_dpo import run_trl_dpo
 
     rows = trl_rows(args)
@@ -142,10 +128,7 @@ def spawn(args: argparse.Namespace, framework: str, precompute: bool) -> dict[st
         *("--hardware", args.hardware),
         *(["--precompute"] if precompute else []),
     ]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise RuntimeError(f"{framework} worker failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return run_worker(cmd, framework)
 
 
 def main() -> None:
@@ -171,28 +154,22 @@ def main() -> None:
 
     import importlib.util
 
-    from alignkit.config.load import load_preset
-    from alignkit.models import ModelSpec, build_causal_lm, count_parameters, load_tokenizer, save_hf
+    from alignkit.models import count_parameters
 
     use_trl = not args.no_trl and importlib.util.find_spec("trl") is not None
     with tempfile.TemporaryDirectory() as tmp:
-        spec = ModelSpec(**{k: v for k, v in load_preset("models", args.preset).items() if k != "description"})
-        tokenizer = load_tokenizer(spec)
-        model = build_causal_lm(spec, tokenizer)
+        args.model_dir, _, model = save_preset_model(args.preset, Path(tmp) / "model")
         params = count_parameters(model)
-        args.model_dir = str(save_hf(model, tokenizer, Path(tmp) / "model"))
         print(
             f"DPO, model {args.preset} ({params / 1e6:.1f}M parameters), {args.steps} steps x {args.batch} pairs, "
             f"max_length {args.seq}, hardware {args.hardware}"
         )
         frameworks = ["alignkit", *(["trl"] if use_trl else [])]
         runs: dict[str, list[dict[str, Any]]] = {}
-        for repeat in range(args.repeats):
-            # Alternate the order, so that neither framework always runs first on a cold or busy machine.
-            for framework in frameworks if repeat % 2 == 0 else frameworks[::-1]:
-                for precompute in (False, True):
-                    key = f"{framework}{' + precomputed ref' if precompute else ''}"
-                    runs.setdefault(key, []).append(spawn(args, framework, precompute))
+        for framework in alternating(frameworks, args.repeats):
+            for precompute in (False, True):
+                key = f"{framework}{' + precomputed ref' if precompute else ''}"
+                runs.setdefault(key, []).append(spawn(args, framework, precompute))
         results = {}
         for key, tries in runs.items():
             # the fastest of the repeats: noise on a shared machine only ever slows a run down

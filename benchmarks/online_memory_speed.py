@@ -38,12 +38,13 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from common import alternating, loader_order, run_worker, save_preset_model, train_alignkit
 
 ALGORITHMS = ("ppo", "grpo", "remax", "reinforce")
 GRPO_KL = 0.04  # alignkit's GRPO default kl_coef, passed to TRL as beta
@@ -85,17 +86,7 @@ def alignkit_config(args: argparse.Namespace, algorithm: str, root: str) -> dict
 
 
 def worker_alignkit(args: argparse.Namespace) -> dict[str, Any]:
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    from alignkit.config.load import config_from_dict
-    from alignkit.run import run
-
-    with tempfile.TemporaryDirectory() as root:
-        cfg = config_from_dict(alignkit_config(args, args.algorithm, root))
-        start = time.perf_counter()
-        result = run(cfg)
-        wall = time.perf_counter() - start
-        events = EventAccumulator(str(next(Path(result.run_dir).glob("events.*")))).Reload()
+    events, wall = train_alignkit(lambda root: alignkit_config(args, args.algorithm, root))
     rewards = events.Scalars("train/reward/mean")  # one event per iteration, written as it ends
     lengths = [e.value for e in events.Scalars("train/response/length")]
     if len(rewards) != args.steps or len(lengths) != args.steps:
@@ -111,21 +102,16 @@ def worker_alignkit(args: argparse.Namespace) -> dict[str, Any]:
 
 def prompt_texts(args: argparse.Namespace) -> list[str]:
     """alignkit's prompt strings, in the order its loader visits them in epoch 0 on one process."""
-    import torch
-
     from alignkit.config.load import config_from_dict
     from alignkit.data import build_datasets
     from alignkit.models import load_tokenizer
 
     cfg = config_from_dict(alignkit_config(args, "grpo", "unused"))
     train, _ = build_datasets(cfg.data, "prompt", load_tokenizer(cfg.policy), seed=SEED)
-    # alignkit.data.loader.ShardedSampler's epoch-0 order
-    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(SEED)).tolist()
-    return [train[i]["prompt"] for i in order]
+    return [train[i]["prompt"] for i in loader_order(len(train), SEED)]
 
 
 def worker_trl(args: argparse.Namespace) -> dict[str, Any]:
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
     from trl_grpo import run_trl_grpo
 
     from alignkit.config.load import load_preset
@@ -159,10 +145,7 @@ def spawn(args: argparse.Namespace, worker: str) -> dict[str, Any]:
         *("--steps", str(args.steps), "--prompts", str(args.prompts), "--group", str(args.group)),
         *("--max-new-tokens", str(args.max_new_tokens)),
     ]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise RuntimeError(f"{worker} worker failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return run_worker(cmd, worker)
 
 
 def main() -> None:
@@ -194,25 +177,14 @@ def main() -> None:
 
     from transformers.utils import logging as hf_logging
 
-    from alignkit.config.load import load_preset
-    from alignkit.models import (
-        ModelSpec,
-        build_causal_lm,
-        build_scalar_model,
-        count_parameters,
-        load_tokenizer,
-        save_hf,
-    )
+    from alignkit.models import ModelSpec, build_scalar_model, count_parameters
 
     use_trl = not args.no_trl and importlib.util.find_spec("trl") is not None
     # the critic below is built only to be counted: no load report (its new head) or progress bars
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
     with tempfile.TemporaryDirectory() as tmp:
-        spec = ModelSpec(**{k: v for k, v in load_preset("models", args.preset).items() if k != "description"})
-        tokenizer = load_tokenizer(spec)
-        policy = build_causal_lm(spec, tokenizer)
-        args.model_dir = str(save_hf(policy, tokenizer, Path(tmp) / "model"))
+        args.model_dir, tokenizer, policy = save_preset_model(args.preset, Path(tmp) / "model")
         policy_params = count_parameters(policy)
         critic_params = count_parameters(build_scalar_model(ModelSpec(path=args.model_dir), tokenizer))
         del policy
@@ -230,10 +202,8 @@ def main() -> None:
                 p.error(f"--only: unknown or unavailable workers {sorted(unknown)}; choose from {workers}")
             workers = [w for w in workers if w in wanted]
         runs: dict[str, list[dict[str, Any]]] = {}
-        for repeat in range(args.repeats):
-            # Alternate the order, so that no worker always runs first on a cold or busy machine.
-            for worker in workers if repeat % 2 == 0 else workers[::-1]:
-                runs.setdefault(worker, []).append(spawn(args, worker))
+        for worker in alternating(workers, args.repeats):
+            runs.setdefault(worker, []).append(spawn(args, worker))
 
     trained = {a: policy_params for a in workers} | {"ppo": policy_params + critic_params}
     names = {"ppo": "PPO", "grpo": "GRPO", "remax": "ReMax*", "reinforce": "REINFORCE", "trl": "TRL GRPO"}

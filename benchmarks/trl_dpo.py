@@ -24,10 +24,10 @@ import resource
 import tempfile
 from typing import Any
 
+from common import OfflineMixin, StepClock, alignkit_like_args, quiet
 from datasets import Dataset
 from transformers import PreTrainedModel
 from trl import DPOConfig, DPOTrainer
-from trl_common import OfflineMixin, StepClock, alignkit_like_args, quiet
 
 from alignkit.models import load_tokenizer
 from alignkit.models.spec import ModelSpec

@@ -35,9 +35,9 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+from common import OfflineMixin, StepClock, alignkit_like_args, quiet
 from datasets import Dataset
 from trl import GRPOConfig, GRPOTrainer
-from trl_common import OfflineMixin, StepClock, alignkit_like_args, quiet
 
 from alignkit.models import load_tokenizer
 from alignkit.models.spec import ModelSpec
