@@ -237,10 +237,6 @@ def _fit(cfg: Any, algorithm: type[AlignModule], hw: dict[str, Any], run_dir: Pa
     train_set, eval_set = (
         None if ds is None else ds.add_column("index", list(range(len(ds)))) for ds in (train_set, eval_set)
     )
-    data = AlignData(
-        train_set, eval_set, Collator(algorithm.records, tokenizer.pad_token_id), t.micro_batch_size, t.seed
-    )
-
     world = hw["devices"] * hw["num_nodes"]
     if t.prompts_per_step % (t.micro_batch_size * world):
         raise RunError(
@@ -252,8 +248,8 @@ def _fit(cfg: Any, algorithm: type[AlignModule], hw: dict[str, Any], run_dir: Pa
     # times: `updates`), so Lightning neither accumulates nor clips; step counts convert to optimizer steps.
     accumulate = 1 if online else t.prompts_per_step // (t.micro_batch_size * world)
     updates = algorithm.updates_per_step(cfg)
-    if online:
-        data.micro_batch_size = t.prompts_per_step // world
+    batch_size = t.prompts_per_step // world if online else t.micro_batch_size
+    data = AlignData(train_set, eval_set, Collator(algorithm.records, tokenizer.pad_token_id), batch_size, t.seed)
     logger = TensorBoardLogger(
         save_dir=str(run_dir.parent.parent), name=run_dir.parent.name, version=run_dir.name, default_hp_metric=False
     )

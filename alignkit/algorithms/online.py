@@ -143,6 +143,10 @@ class OnlineModule(AlignModule):
         metrics = self.rollout_metrics(exp)
         metrics.update(self.update(exp))
         metrics.update(self.after_update(exp, metrics))
+        self.end_iteration(exp, metrics)
+
+    def end_iteration(self, exp: dict[str, Any], metrics: dict[str, Tensor]) -> None:
+        """Count what was generated (for PerfMonitor) and log the iteration's train metrics."""
         rollout = exp["rollout"]
         self.last_counts = (len(rollout.sequences), int(rollout.attention_mask.sum()))
         self.log_split("train", metrics, batch_size=len(rollout.sequences))

@@ -113,9 +113,7 @@ class PPO(OnlineModule):
         )
         metrics = {**self.rollout_metrics(exp), **selection, "rs/round": torch.tensor(1.0)}
         metrics.update(self.update(exp, loss_fn=lambda e, rows, counts: sft_on_kept(self, e, rows, counts)))
-        rollout = exp["rollout"]
-        self.last_counts = (len(rollout.sequences), int(rollout.attention_mask.sum()))
-        self.log_split("train", metrics, batch_size=len(rollout.sequences))
+        self.end_iteration(exp, metrics)
         return None
 
     def values_of(self, rollout: Any) -> Tensor:

@@ -11,6 +11,7 @@ from pydantic import Field
 from torch import Tensor
 
 from alignkit.algorithms.base import AlgorithmConfig
+from alignkit.data.collate import concat_sequences
 from alignkit.data.loader import ShardedSampler
 from alignkit.ops import sequence_logprobs
 
@@ -24,17 +25,6 @@ class ReferenceConfig(AlgorithmConfig):
         "and reuse them every epoch: no reference forward per step (the reference is frozen, so the "
         "numbers are the same).",
     )
-
-
-def concat_sequences(batch: dict[str, Tensor], prefixes: tuple[str, ...]) -> tuple[Tensor, Tensor, Tensor]:
-    """input_ids, attention_mask, completion_mask of the sequences under `prefixes`, stacked along the batch.
-
-    The collator pads all sequences of a row to one length, so they concatenate into one forward pass.
-    """
-    return tuple(torch.cat([batch[f"{p}{name}"] for p in prefixes]) for name in _COLUMNS)  # type: ignore[return-value]
-
-
-_COLUMNS = ("input_ids", "attention_mask", "completion_mask")
 
 
 def forward_logps(model: torch.nn.Module, batch: dict[str, Tensor], prefixes: tuple[str, ...]) -> Tensor:

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import Literal
 
-import torch
 import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor
 
 from alignkit.algorithms.base import AlgorithmConfig, AlignModule
+from alignkit.data.collate import concat_sequences
 from alignkit.models import sequence_scores
 
 
@@ -61,8 +61,7 @@ class RewardModel(AlignModule):
 
     def step(self, batch: dict[str, Tensor], split: str) -> Tensor:
         # chosen and rejected are padded to one length by the collator: one forward over both halves
-        ids = torch.cat([batch["chosen_input_ids"], batch["rejected_input_ids"]])
-        mask = torch.cat([batch["chosen_attention_mask"], batch["rejected_attention_mask"]])
+        ids, mask, _ = concat_sequences(batch, ("chosen_", "rejected_"))
         scores = sequence_scores(self.reward_model, ids, mask).float()
         chosen, rejected = scores.chunk(2)
         margin = batch.get("margin") if self.algo.use_margin else None

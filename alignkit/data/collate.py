@@ -67,3 +67,15 @@ class Collator:
         if self.kind == "preference" and "margin" in rows[0]:
             batch["margin"] = torch.tensor([row["margin"] for row in rows], dtype=torch.float)
         return batch
+
+
+# The columns of one token sequence; every prefix of PREFIXES carries these three.
+SEQUENCE_COLUMNS = ("input_ids", "attention_mask", "completion_mask")
+
+
+def concat_sequences(batch: dict[str, torch.Tensor], prefixes: tuple[str, ...]) -> tuple[torch.Tensor, ...]:
+    """input_ids, attention_mask, completion_mask of the sequences under `prefixes`, stacked along the batch.
+
+    The Collator pads all sequences of a row to one length, so they concatenate into one forward pass.
+    """
+    return tuple(torch.cat([batch[f"{p}{name}"] for p in prefixes]) for name in SEQUENCE_COLUMNS)
