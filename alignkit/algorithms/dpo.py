@@ -11,7 +11,7 @@ from pydantic import Field, model_validator
 from torch import Tensor
 
 from alignkit.algorithms.base import AlignModule
-from alignkit.algorithms.reference import ReferenceConfig, forward_logps, precompute_reference_logps, reference_logps
+from alignkit.algorithms.reference import ReferenceConfig, fill_reference_cache, forward_logps, reference_logps
 
 LossType = Literal["sigmoid", "ipo", "hinge", "robust"]
 
@@ -116,8 +116,7 @@ class DPO(AlignModule):
     SEQUENCES = ("chosen_", "rejected_")
 
     def on_fit_start(self) -> None:
-        if self.algo.precompute_ref_logps and getattr(self, "ref_cache", None) is None:
-            self.ref_cache = precompute_reference_logps(self, self.SEQUENCES)
+        fill_reference_cache(self, self.SEQUENCES)
 
     def step(self, batch: dict[str, Tensor], split: str) -> Tensor:
         # the reference first: its activations are freed before the policy's graph is built, not on top of it

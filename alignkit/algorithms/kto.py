@@ -10,7 +10,7 @@ from pydantic import Field
 from torch import Tensor
 
 from alignkit.algorithms.base import AlignModule
-from alignkit.algorithms.reference import ReferenceConfig, forward_logps, precompute_reference_logps, reference_logps
+from alignkit.algorithms.reference import ReferenceConfig, fill_reference_cache, forward_logps, reference_logps
 from alignkit.data.generators import GENERATOR_KINDS
 from alignkit.data.sources import source_columns
 from alignkit.data.transforms import add_mismatched_pairs, split_pairs
@@ -123,8 +123,7 @@ class KTO(AlignModule):
             )
 
     def on_fit_start(self) -> None:
-        if self.algo.precompute_ref_logps and getattr(self, "ref_cache", None) is None:
-            self.ref_cache = precompute_reference_logps(self, self.SEQUENCES)
+        fill_reference_cache(self, self.SEQUENCES)
 
     def step(self, batch: dict[str, Tensor], split: str) -> Tensor:
         # The forwards without a graph come first, so their activations are freed before the policy's

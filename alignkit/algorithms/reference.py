@@ -77,3 +77,9 @@ def precompute_reference_logps(module: Any, prefixes: tuple[str, ...]) -> dict[s
         f"{time.perf_counter() - start:.1f} s"
     )
     return cache
+
+
+def fill_reference_cache(module: Any, prefixes: tuple[str, ...]) -> None:
+    """Set `module.ref_cache` once, when the algorithm asks for precomputed reference log-probs (on_fit_start)."""
+    if module.algo.precompute_ref_logps and getattr(module, "ref_cache", None) is None:
+        module.ref_cache = precompute_reference_logps(module, prefixes)
