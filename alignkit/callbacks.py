@@ -63,6 +63,14 @@ class PerfMonitor(L.Callback):
         self._t0, self._samples, self._tokens = time.perf_counter(), 0, 0
 
 
+def process_peak_memory() -> dict[str, float]:
+    """This process's peak resident memory, and its peak allocated CUDA memory when it used a GPU (MiB)."""
+    peaks = {"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        peaks["peak_cuda_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    return peaks
+
+
 def write_status(run_dir: Path, status: str, **extra: Any) -> None:
     """run.json: running | finished | failed, with the step reached; `checkpoint.resume: auto` reads it."""
     record = {"status": status, "time": time.strftime("%Y-%m-%dT%H:%M:%S"), **extra}

@@ -1,4 +1,4 @@
-"""alignkit run | validate | show | list: the command line, with help generated from the schema."""
+"""alignkit run | validate | show | list | compare: the command line, with help generated from the schema."""
 
 from __future__ import annotations
 
@@ -60,8 +60,30 @@ def _load(args: argparse.Namespace) -> Any:
     return load_config(args.config, args.overrides)
 
 
+def _is_pipeline(args: argparse.Namespace) -> bool:
+    from alignkit.pipeline import is_pipeline
+
+    return is_pipeline(args.config)
+
+
+def _load_pipeline(args: argparse.Namespace) -> Any:
+    from alignkit.pipeline import load_pipeline
+
+    return load_pipeline(args.config, args.overrides)
+
+
 def cmd_validate(args: argparse.Namespace) -> int:
     start = time.perf_counter()
+    if _is_pipeline(args):
+        pipeline = _load_pipeline(args)
+        print(f"{args.config}: valid pipeline ({time.perf_counter() - start:.2f}s); stages in run order:")
+        for stage in pipeline.stages.values():
+            reads = f", reads {', '.join(dict.fromkeys(stage.needs))}" if stage.needs else ""
+            print(f"  {stage.name}: {stage.algorithm}{reads} -> {stage.root}/")
+        if pipeline.compare is not None:
+            spec = pipeline.compare
+            print(f"  compare: {', '.join(spec.run_names(pipeline))} against {spec.baseline}")
+        return 0
     cfg = _load(args)
     hw, t = cfg.hardware, cfg.trainer
     devices = hw.world_size()
@@ -77,6 +99,11 @@ def cmd_validate(args: argparse.Namespace) -> int:
 def cmd_show(args: argparse.Namespace) -> int:
     import yaml
 
+    if _is_pipeline(args):
+        for stage in _load_pipeline(args).stages.values():
+            print(f"# stage {stage.name} (an upstream run not finished yet shows as <not run yet>)")
+            print(yaml.safe_dump({stage.name: stage.config.model_dump(mode="json")}, sort_keys=False), end="")
+        return 0
     print(yaml.safe_dump(_load(args).model_dump(mode="json"), sort_keys=False), end="")
     return 0
 
@@ -84,6 +111,19 @@ def cmd_show(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from alignkit.run import is_rank_zero, run
 
+    if _is_pipeline(args):
+        from alignkit.pipeline import run_pipeline
+
+        pipeline = _load_pipeline(args)
+        runs = run_pipeline(pipeline, only=args.stages)
+        print(f"\npipeline {pipeline.name} finished:")
+        for stage, run_dir in runs.items():
+            print(f"  {stage}: {run_dir}")
+        print(f"  TensorBoard: tensorboard --logdir {pipeline.root}")
+        return 0
+    if args.stages:
+        print("error: --stages applies to a pipeline file (one with `stages:`)", file=sys.stderr)
+        return 2
     cfg = _load(args)
     result = run(cfg)
     if is_rank_zero():
@@ -92,6 +132,33 @@ def cmd_run(args: argparse.Namespace) -> int:
         for section, path in result.exports.items():
             print(f"  {section} (Hugging Face format): {path}")
         print(f"  TensorBoard: tensorboard --logdir {result.run_dir.parent}")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from alignkit.compare import run_compare
+
+    if not _is_pipeline(args):
+        print(
+            f"error: {args.config} is not a pipeline file (no `stages:`); see experiments/compare_sentiment.yaml",
+            file=sys.stderr,
+        )
+        return 2
+    pipeline = _load_pipeline(args)
+    if pipeline.compare is None:
+        print(
+            f"error: {args.config} has no `compare:` section; add one (see experiments/compare_sentiment.yaml)",
+            file=sys.stderr,
+        )
+        return 2
+    result = run_compare(pipeline)
+    out = result.out_dir
+    print("\n" + (out / "summary.md").read_text())
+    print(f"comparison written to {out}/")
+    print(f"  table:   {out / 'summary.md'} and {out / 'summary.csv'}")
+    print(f"  figures: {out / 'frontier.png'} and {out / 'reward_vs_time.png'}")
+    print(f"  samples: {out / 'samples.jsonl'}")
+    print(f"  TensorBoard: tensorboard --logdir {out / 'tensorboard'}")
     return 0
 
 
@@ -135,6 +202,17 @@ def parser() -> argparse.ArgumentParser:
         s.add_argument("config", help="experiment YAML file")
         s.add_argument("overrides", nargs="*", help="key=value overrides, e.g. trainer.max_steps=10 hardware.devices=2")
         s.set_defaults(fn=fn)
+        if name == "run":
+            s.add_argument(
+                "--stages",
+                type=lambda text: [t for t in text.split(",") if t],
+                help="pipeline files: run only these stages (comma-separated) and the stages they read from",
+            )
+    text = "run a pipeline's stages (finished ones are reused) and compare its policies on held-out prompts"
+    s = sub.add_parser("compare", help=text, description=text)
+    s.add_argument("config", help="pipeline YAML file with `stages:` and `compare:`")
+    s.add_argument("overrides", nargs="*", help="key=value overrides, e.g. stages.ppo.trainer.max_steps=10")
+    s.set_defaults(fn=cmd_compare)
     s = sub.add_parser("list", help="list registered components and presets")
     s.add_argument("kind", nargs="?", choices=LIST_KINDS)
     s.add_argument("-v", "--verbose", action="store_true", help="with each algorithm's options")
@@ -147,7 +225,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     warnings.filterwarnings("ignore", message=".*LeafSpec.*is deprecated.*")
     # frozen models (reference, reward) are kept in eval mode on purpose (AlignModule.train)
     warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training.*")
-    args = parser().parse_args(argv)
+    p = parser()
+    # overrides may also follow an option (`run pipe.yaml --stages sft trainer.seed=1`)
+    args, extra = p.parse_known_args(argv)
+    if extra and (not hasattr(args, "overrides") or any("=" not in e for e in extra)):
+        p.error(f"unrecognized arguments: {' '.join(extra)}")
+    if extra:
+        args.overrides = [*args.overrides, *extra]
     try:
         return int(args.fn(args))
     except BrokenPipeError:  # `alignkit list | head`

@@ -8,6 +8,7 @@ import platform
 import re
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -20,7 +21,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from torch import nn
 
 from alignkit.algorithms import ALGORITHMS, AlignModule
-from alignkit.callbacks import PerfMonitor, SaveOnException, read_status, write_status
+from alignkit.callbacks import PerfMonitor, SaveOnException, process_peak_memory, read_status, write_status
 from alignkit.data import Collator, build_datasets
 from alignkit.data.loader import ResumableLoader, ShardedSampler
 from alignkit.hardware import trainer_kwargs
@@ -194,6 +195,7 @@ def run(cfg: Any) -> RunResult:
     run_dir, ckpt = resolve_run_dir(cfg)
     rank_zero = is_rank_zero()
     hw = trainer_kwargs(cfg.hardware)  # checked before anything is written
+    started = time.time()
     if rank_zero:
         run_dir.mkdir(parents=True, exist_ok=True)
         resolved = yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
@@ -204,7 +206,7 @@ def run(cfg: Any) -> RunResult:
         )
         (run_dir / name).write_text(resolved)
         (run_dir / "environment.json").write_text(json.dumps(environment(), indent=2) + "\n")
-        write_status(run_dir, "running", resumed_from=str(ckpt) if ckpt else None)
+        write_status(run_dir, "running", started=started, resumed_from=str(ckpt) if ckpt else None)
         os.environ[_ENV_RUN_DIR] = str(run_dir)
         os.environ[_ENV_CKPT] = str(ckpt) if ckpt else ""
     try:
@@ -222,7 +224,17 @@ def run(cfg: Any) -> RunResult:
             os.environ.pop(_ENV_RUN_DIR, None)
             os.environ.pop(_ENV_CKPT, None)
     if rank_zero:
-        write_status(run_dir, "finished", global_step=result.global_step, metrics=result.metrics)
+        # wall time and peak memory of this process (rank 0); a resumed run counts its last part only
+        write_status(
+            run_dir,
+            "finished",
+            global_step=result.global_step,
+            started=started,
+            resumed_from=str(ckpt) if ckpt else None,
+            wall_time_s=time.time() - started,
+            **process_peak_memory(),
+            metrics=result.metrics,
+        )
     return result
 
 

@@ -98,6 +98,13 @@ def _expand_presets(node: Any, path: str, problems: list[Problem]) -> Any:
 
 def load_dict(path: str | Path, overrides: Sequence[str] = ()) -> dict[str, Any]:
     """The resolved plain dict of a config file with its bases, overrides and presets; not yet validated."""
+    raw = read_raw(path, overrides)
+    raw.setdefault("name", Path(path).stem)
+    return prepare(raw, source=str(Path(path).resolve()))
+
+
+def read_raw(path: str | Path, overrides: Sequence[str] = ()) -> dict[str, Any]:
+    """A config file merged over its `base:` files, with `key=value` overrides: presets and `${...}` untouched."""
     path = Path(path).resolve()
     cfg = _read(path, ())
     bad = [o for o in overrides if "=" not in o]
@@ -110,8 +117,7 @@ def load_dict(path: str | Path, overrides: Sequence[str] = ()) -> dict[str, Any]
         raise ConfigError([Problem(str(key), str(exc).splitlines()[0])], source=str(path)) from None
     raw = OmegaConf.to_container(cfg, resolve=False)
     assert isinstance(raw, dict)
-    raw.setdefault("name", path.stem)
-    return prepare(raw, source=str(path))
+    return raw
 
 
 def prepare(raw: dict[str, Any], source: str | None = None) -> dict[str, Any]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Sequence
 
+from alignkit.data.sentiment import true_reward
 from alignkit.registry import Registry
 
 RuleReward = Callable[..., list[float]]
@@ -39,3 +40,13 @@ def keyword_count(
     alternatives = "|".join(re.escape(w) for w in words)
     pattern = re.compile(rf"(?<!\w)(?:{alternatives})(?!\w)", re.IGNORECASE)
     return [weight * len(pattern.findall(c)) for c in completions]
+
+
+@REWARDS.register("review_sentiment")
+def review_sentiment(prompts: Sequence[str], completions: Sequence[str]) -> list[float]:
+    """The exact true reward of the review testbed (alignkit.data.sentiment) on prompt + completion.
+
+    The prompt's own sentiment counts too, as the DPO paper's classifier scored the whole text: a policy is
+    judged on the review it finishes, so its best move after a negative prefix is to outweigh it.
+    """
+    return [true_reward(p + c) for p, c in zip(prompts, completions, strict=True)]

@@ -1,0 +1,372 @@
+"""Pipelines: named stages in one YAML file that read earlier stages' outputs; finished stages are reused.
+
+```yaml
+name: sentiment
+defaults: {hardware: {preset: cpu}}          # under every stage; a stage's own keys win
+stages:
+  sft: {algorithm: {name: sft}, policy: {preset: tiny-llama}, data: ...}
+  rm:  {algorithm: {name: reward_model}, reward_model: {from_stage: sft}, data: ...}
+  ppo: {algorithm: {name: ppo}, policy: {from_stage: sft},
+        reward: {source: {kind: model, model: {from_stage: rm}}}, data: ...}
+```
+
+`{from_stage: S}` (optionally with `output: SECTION`) becomes `{path: <S's run>/hf/<section>}`: the Hugging
+Face export of what stage S trained. Each stage is an ordinary experiment config, validated as one, and runs
+as `alignkit run` of its resolved config in its own process (so its wall time and peak memory are its own),
+into `<logging.root>/<pipeline name>/<stage>/version_N`. A stage whose latest finished run has the same
+resolved config (upstream run paths included) is reused; one whose run stopped unfinished resumes from its
+last checkpoint; any other is run afresh, and so is everything downstream of it, because its path changes.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from alignkit.config.errors import ConfigError, Problem
+from alignkit.config.load import prepare, read_raw, validate_dict
+from alignkit.registry import did_you_mean
+
+STAGE_KEY = "from_stage"
+PIPELINE_KEYS = ("name", "description", "defaults", "stages", "compare")
+# A mapping with one of these keys says what it is (a model, a data source, a reward kind, a preset), so a
+# stage's mapping with one replaces the defaults' mapping instead of being merged into it key by key.
+IDENTITY_KEYS = frozenset({STAGE_KEY, "path", "preset", "architecture", "generator", "kind"})
+# Keys that never make two runs of a stage different.
+IGNORED = (("description",), ("logging", "version"), ("logging", "progress_bar"), ("checkpoint", "resume"))
+PENDING = "<not run yet>"
+
+
+def is_pipeline(path: str | Path) -> bool:
+    """Whether a YAML file declares `stages:` (a pipeline) rather than one experiment."""
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError):
+        return False
+    return isinstance(data, dict) and "stages" in data
+
+
+def merge_defaults(defaults: dict[str, Any], stage: dict[str, Any]) -> dict[str, Any]:
+    """`stage` over `defaults`, merged key by key except where a stage mapping names what it is."""
+    out = copy.deepcopy(defaults)
+    for key, value in stage.items():
+        below = out.get(key)
+        if isinstance(value, dict) and isinstance(below, dict) and not IDENTITY_KEYS & value.keys():
+            out[key] = merge_defaults(below, value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def stage_refs(node: Any, path: str = "") -> list[tuple[str, dict[str, Any]]]:
+    """Every `{from_stage: ...}` mapping inside a stage, with its path."""
+    if isinstance(node, list):
+        return [r for i, v in enumerate(node) for r in stage_refs(v, f"{path}[{i}]")]
+    if not isinstance(node, dict):
+        return []
+    if STAGE_KEY in node:
+        return [(path, node)]
+    return [r for k, v in node.items() for r in stage_refs(v, f"{path}.{k}" if path else str(k))]
+
+
+def replace_refs(node: Any, export: Callable[[str, str | None], str]) -> Any:
+    """`{from_stage: S, output: O, **rest}` -> `{path: export(S, O), **rest}`, at any depth."""
+    if isinstance(node, list):
+        return [replace_refs(v, export) for v in node]
+    if not isinstance(node, dict):
+        return node
+    if STAGE_KEY in node:
+        rest = {k: v for k, v in node.items() if k not in (STAGE_KEY, "output")}
+        return {"path": export(str(node[STAGE_KEY]), node.get("output")), **rest}
+    return {k: replace_refs(v, export) for k, v in node.items()}
+
+
+def comparable(config: dict[str, Any]) -> dict[str, Any]:
+    """A resolved config without the keys that do not change what a run computes."""
+    out = copy.deepcopy(config)
+    for keys in IGNORED:
+        holder = out
+        for key in keys[:-1]:
+            holder = holder.get(key, {}) if isinstance(holder, dict) else {}
+        if isinstance(holder, dict):
+            holder.pop(keys[-1], None)
+    return out
+
+
+@dataclass
+class Stage:
+    name: str
+    raw: dict[str, Any]  # defaults merged in, name and logging.root set; presets and refs unresolved
+    needs: list[str]  # stages it reads from
+    algorithm: str
+    trained: tuple[str, ...]
+    config: Any = None  # ExperimentConfig, validated with placeholder paths for unfinished upstream stages
+
+    @property
+    def root(self) -> Path:
+        return Path(self.raw["logging"]["root"]) / self.name
+
+
+@dataclass
+class Pipeline:
+    name: str
+    description: str
+    source: str
+    stages: dict[str, Stage]  # in run order: every stage after the stages it reads from
+    root: Path  # <logging.root>/<name>: one TensorBoard directory for every stage
+    compare: Any = None  # CompareSpec or None
+    raw_compare: dict[str, Any] | None = None
+    runs: dict[str, Path] = field(default_factory=dict)
+
+    def upstream(self, names: Iterable[str]) -> list[str]:
+        """The given stages and every stage they read from, in run order."""
+        wanted: set[str] = set()
+        todo = list(names)
+        while todo:
+            name = todo.pop()
+            if name not in wanted:
+                wanted.add(name)
+                todo += self.stages[name].needs
+        return [s for s in self.stages if s in wanted]
+
+    def export_path(self, stage: str, output: str | None) -> str:
+        """Where stage `stage` exports `output` (default: the first model it trains)."""
+        section = output or self.stages[stage].trained[0]
+        run = self.runs.get(stage)
+        return str((run if run is not None else self.stages[stage].root / PENDING) / "hf" / section)
+
+
+def _order(stages: dict[str, Stage], problems: list[Problem]) -> list[str]:
+    """Stage names with every stage after the stages it reads from (file order otherwise)."""
+    order: list[str] = []
+    state: dict[str, str] = {}
+
+    def visit(name: str, chain: tuple[str, ...]) -> None:
+        if state.get(name) == "done":
+            return
+        if state.get(name) == "visiting":
+            cycle = " -> ".join((*chain[chain.index(name) :], name))
+            problems.append(Problem(f"stages.{name}", f"stages read from each other in a cycle: {cycle}"))
+            return
+        state[name] = "visiting"
+        for need in stages[name].needs:
+            visit(need, (*chain, name))
+        state[name] = "done"
+        order.append(name)
+
+    for name in stages:
+        visit(name, ())
+    return order
+
+
+def load_pipeline(path: str | Path, overrides: Sequence[str] = ()) -> Pipeline:
+    """Read and check a pipeline file: every stage validates (with placeholder paths upstream) before any runs."""
+    from pydantic import ValidationError
+
+    from alignkit.algorithms import ALGORITHMS
+    from alignkit.compare import CompareSpec
+    from alignkit.config.errors import problems_from_validation
+
+    source = str(Path(path).resolve())
+    raw = read_raw(path, overrides)
+    problems: list[Problem] = []
+    for key in raw:
+        if key not in PIPELINE_KEYS:
+            problems.append(
+                Problem(
+                    str(key),
+                    f"unknown pipeline key; allowed: {', '.join(PIPELINE_KEYS)}{did_you_mean(str(key), PIPELINE_KEYS)}"
+                    "; sections shared by every stage go under `defaults:`",
+                )
+            )
+    name = str(raw.get("name") or Path(path).stem)
+    defaults = raw.get("defaults") or {}
+    declared = raw.get("stages")
+    if not isinstance(defaults, dict):
+        problems.append(Problem("defaults", f"should be a mapping of config sections (got {defaults!r})"))
+        defaults = {}
+    if not isinstance(declared, dict) or not declared:
+        problems.append(Problem("stages", "should map stage names to experiment configs, e.g. `sft: {algorithm: ...}`"))
+        raise ConfigError(problems, source=source)
+    root = Path(str(defaults.get("logging", {}).get("root", "runs"))) / name
+    stages: dict[str, Stage] = {}
+    for stage_name, body in declared.items():
+        where = f"stages.{stage_name}"
+        if not isinstance(body, dict):
+            problems.append(Problem(where, f"should be an experiment config mapping (got {body!r})"))
+            continue
+        if stage_name == "compare":
+            problems.append(Problem(where, "'compare' is reserved for `alignkit compare`'s output; rename the stage"))
+        if not str(stage_name).isidentifier():
+            problems.append(Problem(where, "a stage name must be a Python-style identifier, e.g. sft, rm, ppo_beta"))
+        for key in ("name", "base"):
+            if key in body:
+                problems.append(
+                    Problem(f"{where}.{key}", f"not allowed in a stage: the stage's name is its key ({key})")
+                )
+        merged = merge_defaults(defaults, {k: v for k, v in body.items() if k not in ("name", "base")})
+        logging = merged.setdefault("logging", {})
+        if logging.get("version") is not None:
+            problems.append(
+                Problem(f"{where}.logging.version", "not allowed in a pipeline: stages pick and reuse their versions")
+            )
+        logging["root"] = str(root)
+        merged["name"] = str(stage_name)
+        refs = stage_refs(merged)
+        algo = merged.get("algorithm", {}).get("name") if isinstance(merged.get("algorithm"), dict) else None
+        trained = ALGORITHMS.get(algo).trained if algo in ALGORITHMS else ()
+        stages[str(stage_name)] = Stage(
+            str(stage_name), merged, [str(r[STAGE_KEY]) for _, r in refs], str(algo), tuple(trained)
+        )
+    for stage in stages.values():
+        for ref_path, ref in stage_refs(stage.raw):
+            at, target = f"stages.{stage.name}.{ref_path}.{STAGE_KEY}", str(ref[STAGE_KEY])
+            if target not in stages:
+                names = list(stages)
+                problems.append(
+                    Problem(at, f"unknown stage '{target}'; allowed: {', '.join(names)}{did_you_mean(target, names)}")
+                )
+            elif target == stage.name:
+                problems.append(Problem(at, "a stage cannot read its own output"))
+            elif not stages[target].trained:
+                problems.append(Problem(at, f"stage '{target}' ({stages[target].algorithm}) exports no model"))
+            elif ref.get("output") is not None and ref["output"] not in stages[target].trained:
+                allowed = ", ".join(stages[target].trained)
+                problems.append(
+                    Problem(
+                        f"stages.{stage.name}.{ref_path}.output",
+                        f"stage '{target}' trains no '{ref['output']}'; allowed: {allowed}",
+                    )
+                )
+            bad = set(ref) - {STAGE_KEY, "output"} & {"path", "preset", "architecture"}
+            if bad:
+                problems.append(
+                    Problem(at, f"from_stage gives the model's path; remove {', '.join(sorted(bad))} beside it")
+                )
+    if problems:
+        raise ConfigError(problems, source=source)
+    order = _order(stages, problems)
+    if problems:
+        raise ConfigError(problems, source=source)
+    pipeline = Pipeline(
+        name=name,
+        description=str(raw.get("description", "")),
+        source=source,
+        stages={s: stages[s] for s in order},
+        root=root,
+        raw_compare=raw.get("compare"),
+    )
+    for stage in pipeline.stages.values():
+        try:
+            stage.config = resolve_stage(pipeline, stage)
+        except ConfigError as err:
+            problems += [Problem(f"stages.{stage.name}.{p.path}".rstrip("."), p.message) for p in err.problems]
+    if raw.get("compare") is not None:
+        try:
+            pipeline.compare = CompareSpec.model_validate(raw["compare"])
+        except ValidationError as err:
+            problems += [
+                Problem(f"compare.{p.path}".rstrip("."), p.message) for p in problems_from_validation(err, CompareSpec)
+            ]
+        else:
+            problems += [Problem(p.path, p.message) for p in pipeline.compare.problems(pipeline)]
+    if problems:
+        raise ConfigError(problems, source=source)
+    return pipeline
+
+
+def resolve_stage(pipeline: Pipeline, stage: Stage) -> Any:
+    """The stage's ExperimentConfig, with `from_stage` replaced by the upstream runs' export paths."""
+    data = prepare(replace_refs(copy.deepcopy(stage.raw), pipeline.export_path))
+    return validate_dict(data)
+
+
+def _config_of(run: Path) -> dict[str, Any] | None:
+    try:
+        return yaml.safe_load((run / "config.yaml").read_text())
+    except (OSError, yaml.YAMLError):
+        return None
+
+
+def find_run(stage: Stage, config: Any) -> tuple[str, Path | None]:
+    """('reuse', run) for a finished run of this exact config; ('resume', last.ckpt) for an unfinished one;
+    ('new', None) otherwise."""
+    from alignkit.callbacks import read_status
+    from alignkit.run import _versions
+
+    wanted = comparable(config.model_dump(mode="json"))
+    for run in reversed(_versions(stage.root)):
+        saved = _config_of(run)
+        if saved is None or comparable(saved) != wanted:
+            continue
+        status = read_status(run)
+        exports = all((run / "hf" / s).is_dir() for s in stage.trained) or not config.checkpoint.export_hf
+        if status == "finished" and exports:
+            return "reuse", run
+        last = run / "checkpoints" / "last.ckpt"
+        if status != "finished" and last.exists():
+            return "resume", last
+    return "new", None
+
+
+def _run_stage(config: Any, log: Callable[[str], None]) -> None:
+    """`alignkit run` of one resolved stage config in a child process."""
+    with tempfile.TemporaryDirectory(prefix="alignkit-stage-") as tmp:
+        file = Path(tmp) / f"{config.name}.yaml"
+        file.write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+        cmd = [sys.executable, "-m", "alignkit", "run", str(file)]
+        code = subprocess.call(cmd, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    if code != 0:
+        from alignkit.run import RunError
+
+        raise RunError(
+            f"stage '{config.name}' failed (exit code {code}); its run is under {config.logging.root}/{config.name}/. "
+            "Fix the cause and run the pipeline again: finished stages are reused and this one resumes from its "
+            "last checkpoint."
+        )
+
+
+def run_pipeline(
+    pipeline: Pipeline, only: Sequence[str] | None = None, log: Callable[[str], None] = print
+) -> dict[str, Path]:
+    """Run (or reuse) the stages `only` names and those they read from, in order; returns stage -> run dir."""
+    from alignkit.run import RunError
+
+    unknown = [s for s in only or () if s not in pipeline.stages]
+    if unknown:
+        names = list(pipeline.stages)
+        raise RunError(
+            f"--stages: unknown stage(s) {', '.join(unknown)}; allowed: {', '.join(names)}"
+            f"{did_you_mean(unknown[0], names)}"
+        )
+    for name in pipeline.upstream(only or pipeline.stages):
+        stage = pipeline.stages[name]
+        config = resolve_stage(pipeline, stage)  # upstream paths are real now
+        action, found = find_run(stage, config)
+        if action == "reuse":
+            assert found is not None
+            log(f"[{pipeline.name}] stage {name}: reusing finished run {found}")
+            pipeline.runs[name] = found
+            continue
+        if action == "resume":
+            log(f"[{pipeline.name}] stage {name}: resuming unfinished run from {found}")
+            config = config.model_copy(
+                update={"checkpoint": config.checkpoint.model_copy(update={"resume": str(found)})}
+            )
+        else:
+            log(f"[{pipeline.name}] stage {name}: running {stage.algorithm}")
+        _run_stage(config, log)
+        action, found = find_run(stage, config)
+        if action != "reuse" or found is None:
+            raise RunError(f"stage '{name}' exited cleanly but left no finished run under {stage.root}")
+        pipeline.runs[name] = found
+    return dict(pipeline.runs)

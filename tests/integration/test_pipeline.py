@@ -1,0 +1,113 @@
+"""Pipelines and `alignkit compare` end to end, with tiny models for a few steps (each stage is a subprocess)."""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from alignkit.cli import main
+from alignkit.compare import TAGS, run_compare
+from alignkit.pipeline import load_pipeline, run_pipeline
+
+pytestmark = pytest.mark.slow
+WriteYaml = Callable[[str, str], Path]
+HEAD = """
+    name: pipe
+    defaults:
+      data: {max_length: 64}
+      trainer: {max_steps: 4, prompts_per_step: 4, micro_batch_size: 4, log_every_n_steps: 1}
+      hardware: {accelerator: cpu, strategy: single}
+      logging: {root: ROOT, progress_bar: false}
+      checkpoint: {every_n_steps: 2, keep: 5}
+    stages:
+      sft:
+        algorithm: {name: sft}
+        policy: {architecture: llama, hidden_size: 32, num_layers: 1, num_heads: 2}
+        data: {train: {generator: reviews, args: {n: 32}}}
+      dpo:
+        algorithm: {name: dpo}
+        policy: {from_stage: sft}
+        data: {train: {generator: review_pairs, args: {n: 32}}}
+"""
+COMPARE = """
+      rm:
+        algorithm: {name: reward_model}
+        reward_model: {from_stage: sft}
+        data: {train: {generator: review_pairs, args: {n: 32}}}
+      grpo:
+        algorithm: {name: grpo, samples_per_prompt: 2, max_new_tokens: 6}
+        policy: {from_stage: sft}
+        reward: {source: {kind: model, model: {from_stage: rm}}}
+        data: {train: {generator: review_prompts, args: {n: 32}}}
+    compare:
+      runs: [dpo, grpo]
+      prompts: {generator: review_prompts, args: {n: 6, seed: 99}}
+      true_reward: {kind: rule, name: review_sentiment}
+      samples_per_prompt: 2
+      max_new_tokens: 6
+      best_of_n: [1, 4]
+"""
+
+
+def versions(root: Path, stage: str) -> list[str]:
+    return sorted(p.name for p in (root / "pipe" / stage).glob("version_*"))
+
+
+def test_finished_stages_are_reused_and_edits_rerun_downstream(
+    write_yaml: WriteYaml, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = tmp_path / "runs"
+    path = write_yaml("pipe.yaml", HEAD.replace("ROOT", str(root)))
+    runs = run_pipeline(load_pipeline(path))
+    assert versions(root, "sft") == ["version_0"] and versions(root, "dpo") == ["version_0"]
+    assert (runs["dpo"] / "config.yaml").read_text().count(str(runs["sft"] / "hf" / "policy")) == 1
+
+    assert main(["run", str(path)]) == 0  # again: nothing to do
+    out = capsys.readouterr().out
+    assert "stage sft: reusing finished run" in out and "stage dpo: reusing finished run" in out
+    assert versions(root, "sft") == ["version_0"] and versions(root, "dpo") == ["version_0"]
+
+    run_pipeline(load_pipeline(path, ["stages.dpo.algorithm.beta=0.5"]))  # only dpo changed
+    assert versions(root, "sft") == ["version_0"] and versions(root, "dpo") == ["version_0", "version_1"]
+
+    run_pipeline(load_pipeline(path, ["defaults.trainer.seed=3"]), only=["sft"])  # sft changed: only it runs
+    assert versions(root, "sft") == ["version_0", "version_1"] and len(versions(root, "dpo")) == 2
+
+
+def test_compare_two_algorithms_writes_runs_table_figures_and_tensorboard(write_yaml: WriteYaml, tmp_path: Path) -> None:
+    root = tmp_path / "runs"
+    path = write_yaml("pipe.yaml", (HEAD + COMPARE).replace("ROOT", str(root)))
+    result = run_compare(load_pipeline(path), log=lambda _: None)
+    out = result.out_dir
+    assert out == root / "pipe" / "compare" / "version_0"
+    for stage in ("sft", "rm", "dpo", "grpo"):
+        assert versions(root, stage) == ["version_0"]
+
+    table = (out / "summary.md").read_text()
+    for method in ("| sft |", "| best-of-4 |", "| dpo |", "| grpo |"):
+        assert method in table
+    rows = list(csv.DictReader((out / "summary.csv").open()))
+    final = {r["method"]: r for r in rows if r["final"] == "True"}
+    assert set(final) == {"sft", "best-of-4", "dpo", "grpo"}
+    assert float(final["sft"]["kl"]) == pytest.approx(0.0, abs=1e-5)  # the baseline is the reference
+    assert float(final["best-of-4"]["kl"]) == pytest.approx(1.386294 - 0.75, abs=1e-5)
+    assert all(float(final[m]["train_time_s"]) > 0 and float(final[m]["peak_mem_mb"]) > 0 for m in ("dpo", "grpo"))
+    # step-2 checkpoints (dpo: optimizer step 2; grpo: iteration 2) are evaluated too: one curve per method
+    assert {(r["method"], r["step"]) for r in rows if r["final"] == "False" and r["method"] in ("dpo", "grpo")} == {
+        ("dpo", "2"),
+        ("grpo", "2"),
+    }
+    for figure in ("frontier.png", "reward_vs_time.png"):
+        assert (out / figure).read_bytes()[:4] == b"\x89PNG"
+    assert (out / "samples.jsonl").read_text().count('"method": "grpo"') >= 1
+
+    for stage in ("dpo", "grpo"):
+        events = EventAccumulator(str(out / "tensorboard" / stage))
+        events.Reload()
+        tags = set(events.Tags()["scalars"])
+        assert set(TAGS) <= tags and "train/loss" in tags
+        assert [e.step for e in events.Scalars("compare/reward/true")] == [0, 2, 4]

@@ -1,0 +1,142 @@
+"""Pipeline files: defaults merging, `from_stage` references, run order, reuse decisions and error paths."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import yaml
+
+from alignkit.cli import main
+from alignkit.config.errors import ConfigError
+from alignkit.pipeline import PENDING, find_run, load_pipeline, merge_defaults, replace_refs, stage_refs
+
+WriteYaml = Callable[[str, str], Path]
+TINY = "{architecture: llama, hidden_size: 32, num_layers: 1, num_heads: 2}"
+PIPELINE = f"""
+    name: pipe
+    defaults:
+      data: {{max_length: 64}}
+      trainer: {{max_steps: 3, prompts_per_step: 4, micro_batch_size: 4, seed: 7}}
+      hardware: {{accelerator: cpu, strategy: single}}
+      logging: {{root: ROOT, progress_bar: false}}
+    stages:
+      dpo:                                   # declared before the stage it reads from
+        algorithm: {{name: dpo}}
+        policy: {{from_stage: sft}}
+        data: {{train: {{generator: sentiment_pairs, args: {{n: 16}}}}}}
+        trainer: {{max_steps: 2}}
+      sft:
+        algorithm: {{name: sft}}
+        policy: {TINY}
+        data: {{train: {{generator: reverse_words, args: {{n: 16}}}}}}
+"""
+
+
+def pipeline_file(write_yaml: WriteYaml, tmp_path: Path, text: str = PIPELINE) -> Path:
+    return write_yaml("pipe.yaml", text.replace("ROOT", str(tmp_path / "runs")))
+
+
+def test_merge_defaults_merges_settings_and_replaces_what_names_itself() -> None:
+    defaults = {
+        "trainer": {"max_steps": 3, "optimizer": {"lr": 0.1}},
+        "policy": {"preset": "tiny-llama", "dtype": "float32"},
+        "hardware": {"preset": "cpu"},
+    }
+    stage = {"trainer": {"optimizer": {"name": "sgd"}}, "policy": {"from_stage": "sft"}, "hardware": {"devices": 1}}
+    merged = merge_defaults(defaults, stage)
+    assert merged["trainer"] == {"max_steps": 3, "optimizer": {"lr": 0.1, "name": "sgd"}}
+    assert merged["policy"] == {"from_stage": "sft"}  # a from_stage model is not mixed with a preset
+    assert merged["hardware"] == {"preset": "cpu", "devices": 1}
+    assert defaults["trainer"]["optimizer"] == {"lr": 0.1}  # not modified
+
+
+def test_refs_found_and_replaced_at_any_depth() -> None:
+    stage = {
+        "policy": {"from_stage": "sft", "dtype": "bfloat16"},
+        "reward": {"source": {"kind": "model", "model": {"from_stage": "rm", "output": "reward_model"}}},
+    }
+    assert [p for p, _ in stage_refs(stage)] == ["policy", "reward.source.model"]
+    out = replace_refs(stage, lambda s, o: f"/runs/{s}/hf/{o or 'policy'}")
+    assert out["policy"] == {"path": "/runs/sft/hf/policy", "dtype": "bfloat16"}
+    assert out["reward"]["source"]["model"] == {"path": "/runs/rm/hf/reward_model"}
+
+
+def test_load_orders_stages_and_validates_each(write_yaml: WriteYaml, tmp_path: Path) -> None:
+    pipeline = load_pipeline(pipeline_file(write_yaml, tmp_path))
+    assert list(pipeline.stages) == ["sft", "dpo"]  # dpo reads sft, so sft runs first
+    dpo = pipeline.stages["dpo"]
+    assert dpo.needs == ["sft"] and dpo.config.trainer.max_steps == 2 and dpo.config.trainer.seed == 7
+    assert dpo.config.policy.path == str(tmp_path / "runs" / "pipe" / "sft" / PENDING / "hf" / "policy")
+    assert dpo.config.logging.root == str(tmp_path / "runs" / "pipe") and dpo.config.name == "dpo"
+    assert pipeline.upstream(["dpo"]) == ["sft", "dpo"] and pipeline.upstream(["sft"]) == ["sft"]
+
+
+@pytest.mark.parametrize(
+    ("edit", "expected"),
+    [
+        (("from_stage: sft", "from_stage: sfd"), "stages.dpo.policy.from_stage: unknown stage 'sfd'"),
+        (("from_stage: sft", "from_stage: sft, output: critic"), "stages.dpo.policy.output: stage 'sft' trains no"),
+        (("max_steps: 2", "max_stepz: 2"), "stages.dpo.trainer.max_stepz: unknown key 'max_stepz'"),
+        (("    name: pipe", "    name: pipe\n    stagez: {}"), "stagez: unknown pipeline key"),
+        ((f"policy: {TINY}", "policy: {from_stage: dpo}"), "cycle: dpo -> sft -> dpo"),
+        (("      sft:\n", "      compare:\n"), "stages.compare: 'compare' is reserved"),
+    ],
+)
+def test_problems_name_their_path(write_yaml: WriteYaml, tmp_path: Path, edit: tuple[str, str], expected: str) -> None:
+    text = PIPELINE.replace(*edit, 1)
+    with pytest.raises(ConfigError) as err:
+        load_pipeline(pipeline_file(write_yaml, tmp_path, text))
+    assert expected in str(err.value), str(err.value)
+
+
+def test_compare_section_checked(write_yaml: WriteYaml, tmp_path: Path) -> None:
+    text = PIPELINE + (
+        "    compare:\n      baseline: sfx\n      runs: [dpo, sft2]\n"
+        "      prompts: {generator: reverse_words}\n      true_reward: {kind: rule, name: length_target}\n"
+    )
+    with pytest.raises(ConfigError) as err:
+        load_pipeline(pipeline_file(write_yaml, tmp_path, text))
+    assert "compare.baseline: unknown stage 'sfx'" in str(err.value)
+    assert "compare.runs[1]: unknown stage 'sft2'" in str(err.value)
+
+
+def _fake_run(stage_root: Path, version: int, config: dict, status: str, *, ckpt: bool = False) -> Path:
+    run = stage_root / f"version_{version}"
+    (run / "hf" / "policy").mkdir(parents=True)
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    (run / "run.json").write_text(json.dumps({"status": status}))
+    if ckpt:
+        (run / "checkpoints").mkdir()
+        (run / "checkpoints" / "last.ckpt").write_bytes(b"")
+    return run
+
+
+def test_find_run_reuses_only_a_finished_run_of_the_same_config(write_yaml: WriteYaml, tmp_path: Path) -> None:
+    stage = load_pipeline(pipeline_file(write_yaml, tmp_path)).stages["sft"]
+    config = stage.config
+    same = config.model_dump(mode="json")
+    assert find_run(stage, config) == ("new", None)
+    other = {**same, "trainer": {**same["trainer"], "max_steps": 99}}
+    _fake_run(stage.root, 0, other, "finished")
+    assert find_run(stage, config) == ("new", None)  # another config is never reused
+    crashed = _fake_run(stage.root, 1, {**same, "description": "edited text only"}, "failed", ckpt=True)
+    assert find_run(stage, config) == ("resume", crashed / "checkpoints" / "last.ckpt")
+    done = _fake_run(stage.root, 2, same, "finished")
+    assert find_run(stage, config) == ("reuse", done)
+
+
+def test_cli_validate_and_show_a_pipeline(
+    write_yaml: WriteYaml, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = pipeline_file(write_yaml, tmp_path)
+    assert main(["validate", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "valid pipeline" in out and "  sft: sft ->" in out and "  dpo: dpo, reads sft ->" in out
+    assert main(["show", str(path), "stages.dpo.trainer.max_steps=5"]) == 0
+    shown = capsys.readouterr().out
+    assert "# stage dpo" in shown and "max_steps: 5" in shown
+    assert main(["run", str(path), "--stages", "ppo"]) == 2
+    assert "--stages: unknown stage(s) ppo" in capsys.readouterr().err
