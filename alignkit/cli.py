@@ -151,6 +151,13 @@ def cmd_compare(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    from alignkit.run import is_rank_zero
+
+    if not is_rank_zero():  # under torchrun/SLURM every rank runs the stages; rank 0 alone evaluates
+        from alignkit.pipeline import run_pipeline
+
+        run_pipeline(pipeline, only=pipeline.compare.needed(pipeline), log=lambda _: None)
+        return 0
     result = run_compare(pipeline)
     out = result.out_dir
     print("\n" + (out / "summary.md").read_text())

@@ -103,6 +103,11 @@ class CompareSpec(Spec):
             return list(self.runs)
         return [s for s, st in pipeline.stages.items() if s != self.baseline and "policy" in st.trained]
 
+    def needed(self, pipeline: Any) -> list[str]:
+        """The stages the comparison reads: baseline, compared runs, reward model."""
+        rm = self.reward_stage(pipeline)
+        return [self.baseline, *self.run_names(pipeline), *([rm] if rm else [])]
+
     def reward_stage(self, pipeline: Any) -> str | None:
         if self.reward_model is not None:
             return self.reward_model
@@ -221,32 +226,34 @@ class Evaluator:
             **info,
         )
 
-    def best_of_n(self, answers: dict[str, Any], ns: list[int], per_prompt: int, **info: Any) -> list[Point]:
-        """Best-of-n points from `per_prompt` >= max(ns) baseline answers per prompt, picked by RM score."""
-        true = answers["true"].view(-1, per_prompt)
-        rm = answers["rm"].view(-1, per_prompt)
-        length = answers["length"].view(-1, per_prompt)
-        points = []
-        for n in sorted(set(ns)):
-            pick = rm[:, :n].argmax(-1, keepdim=True)
-            picked = true.gather(1, pick).squeeze(1)
-            reward, reward_se = _mean_se(picked)
-            # Stiennon et al. 2020 (appendix G.3): KL(best-of-n || pi) = log n - (n - 1) / n
-            points.append(
-                Point(
-                    method=f"best-of-{n}",
-                    step=n,
-                    true_reward=reward,
-                    true_reward_se=reward_se,
-                    kl=math.log(n) - (n - 1) / n,
-                    kl_se=0.0,
-                    rm_score=float(rm.gather(1, pick).mean()),
-                    length=float(length.gather(1, pick).float().mean()),
-                    final=n == max(ns),
-                    **info,
-                )
+
+def best_of_n(answers: dict[str, Any], ns: list[int], per_prompt: int, **info: Any) -> list[Point]:
+    """Best-of-n points from `per_prompt` >= max(ns) answers per prompt: the first n, the RM's favourite kept.
+
+    The KL of best-of-n to the sampler is log n - (n - 1) / n (Stiennon et al. 2020, appendix G.3).
+    """
+    true = answers["true"].view(-1, per_prompt)
+    rm = answers["rm"].view(-1, per_prompt)
+    length = answers["length"].view(-1, per_prompt)
+    points = []
+    for n in sorted(set(ns)):
+        pick = rm[:, :n].argmax(-1, keepdim=True)
+        reward, reward_se = _mean_se(true.gather(1, pick).squeeze(1))
+        points.append(
+            Point(
+                method=f"best-of-{n}",
+                step=n,
+                true_reward=reward,
+                true_reward_se=reward_se,
+                kl=math.log(n) - (n - 1) / n,
+                kl_se=0.0,
+                rm_score=float(rm.gather(1, pick).mean()),
+                length=float(length.gather(1, pick).float().mean()),
+                final=n == max(ns),
+                **info,
             )
-        return points
+        )
+    return points
 
 
 def _status(run: Path) -> dict[str, Any]:
@@ -304,7 +311,7 @@ def run_compare(pipeline: Any, log: Callable[[str], None] = print) -> CompareRes
     spec: CompareSpec = pipeline.compare
     names = spec.run_names(pipeline)
     rm_stage = spec.reward_stage(pipeline)
-    runs = run_pipeline(pipeline, only=[spec.baseline, *names, *([rm_stage] if rm_stage else [])], log=log)
+    runs = run_pipeline(pipeline, only=spec.needed(pipeline), log=log)
     out = _next_version(pipeline.root / COMPARE_DIR)
     out.mkdir(parents=True)
     result = CompareResult(out)
@@ -373,7 +380,7 @@ def run_compare(pipeline: Any, log: Callable[[str], None] = print) -> CompareRes
     result.points.append(base)
     keep_samples(spec.baseline, answers, per_prompt)
     if reward_model is not None and spec.best_of_n:
-        result.points += evaluator.best_of_n(
+        result.points += best_of_n(
             answers, spec.best_of_n, per_prompt, stage=spec.baseline, algorithm="best_of_n", train_time_s=None
         )
     _copy_events(runs[spec.baseline], tb_root / spec.baseline)

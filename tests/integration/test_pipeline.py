@@ -7,6 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from alignkit.cli import main
@@ -64,7 +65,8 @@ def test_finished_stages_are_reused_and_edits_rerun_downstream(
     path = write_yaml("pipe.yaml", HEAD.replace("ROOT", str(root)))
     runs = run_pipeline(load_pipeline(path))
     assert versions(root, "sft") == ["version_0"] and versions(root, "dpo") == ["version_0"]
-    assert (runs["dpo"] / "config.yaml").read_text().count(str(runs["sft"] / "hf" / "policy")) == 1
+    policy = yaml.safe_load((runs["dpo"] / "config.yaml").read_text())["policy"]
+    assert policy["path"] == policy["tokenizer"] == str(runs["sft"] / "hf" / "policy")
 
     assert main(["run", str(path)]) == 0  # again: nothing to do
     out = capsys.readouterr().out
@@ -78,7 +80,7 @@ def test_finished_stages_are_reused_and_edits_rerun_downstream(
     assert versions(root, "sft") == ["version_0", "version_1"] and len(versions(root, "dpo")) == 2
 
 
-def test_compare_two_algorithms_writes_runs_table_figures_and_tensorboard(write_yaml: WriteYaml, tmp_path: Path) -> None:
+def test_compare_of_two_algorithms_writes_runs_table_figures_tensorboard(write_yaml: WriteYaml, tmp_path: Path) -> None:
     root = tmp_path / "runs"
     path = write_yaml("pipe.yaml", (HEAD + COMPARE).replace("ROOT", str(root)))
     result = run_compare(load_pipeline(path), log=lambda _: None)
@@ -111,3 +113,16 @@ def test_compare_two_algorithms_writes_runs_table_figures_and_tensorboard(write_
         tags = set(events.Tags()["scalars"])
         assert set(TAGS) <= tags and "train/loss" in tags
         assert [e.step for e in events.Scalars("compare/reward/true")] == [0, 2, 4]
+
+
+@pytest.mark.distributed
+def test_pipeline_stages_launch_their_own_ddp_processes(write_yaml: WriteYaml, tmp_path: Path) -> None:
+    """A stage with ddp-cpu-2 runs as its own `alignkit run`, which starts its second process itself."""
+    root = tmp_path / "runs"
+    text = HEAD.replace("ROOT", str(root)).replace("{accelerator: cpu, strategy: single}", "{preset: ddp-cpu-2}")
+    text = text.replace("micro_batch_size: 4", "micro_batch_size: 2")
+    runs = run_pipeline(load_pipeline(write_yaml("pipe.yaml", text)), log=lambda _: None)
+    for stage in ("sft", "dpo"):
+        config = yaml.safe_load((runs[stage] / "config.yaml").read_text())
+        assert config["hardware"]["strategy"] == "ddp" and config["hardware"]["devices"] == 2
+        assert (runs[stage] / "hf" / "policy" / "model.safetensors").is_file()

@@ -1,4 +1,4 @@
-"""Every experiments/**/*.yaml validates, and every preset in registry/** validates in the section it serves."""
+"""Every experiments/**/*.yaml validates (pipelines stage by stage), and every preset validates where it serves."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from conftest import REPO
 
 from alignkit.algorithms import ALGORITHMS
 from alignkit.config.load import PRESET_KINDS, list_presets, load_config, preset_root
+from alignkit.pipeline import is_pipeline, load_pipeline
 
 EXPERIMENTS = sorted((REPO / "experiments").glob("**/*.yaml"))
 PRESETS = sorted((REPO / "registry").glob("**/*.yaml"))
@@ -25,10 +26,17 @@ def test_experiments_and_presets_are_found() -> None:
 
 @pytest.mark.parametrize("path", EXPERIMENTS, ids=lambda p: str(p.relative_to(REPO / "experiments")))
 def test_experiment_validates(path: Path) -> None:
-    cfg = load_config(path)
-    assert cfg.name == path.stem
-    assert cfg.description, "say what the experiment is for in `description:`"
-    assert cfg.algorithm.name in ALGORITHMS
+    if is_pipeline(path):
+        pipeline = load_pipeline(path)
+        assert pipeline.name == path.stem
+        assert pipeline.description, "say what the pipeline is for in `description:`"
+        configs = [stage.config for stage in pipeline.stages.values()]
+    else:
+        cfg = load_config(path)
+        assert cfg.name == path.stem
+        assert cfg.description, "say what the experiment is for in `description:`"
+        configs = [cfg]
+    assert all(cfg.algorithm.name in ALGORITHMS for cfg in configs)
 
 
 def test_every_preset_folder_is_a_known_kind() -> None:
