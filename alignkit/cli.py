@@ -75,11 +75,15 @@ def _load_pipeline(args: argparse.Namespace) -> Any:
 def cmd_validate(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     if _is_pipeline(args):
+        from alignkit.pipeline import plan
+
         pipeline = _load_pipeline(args)
         print(f"{args.config}: valid pipeline ({time.perf_counter() - start:.2f}s); stages in run order:")
-        for stage in pipeline.stages.values():
+        todo = {"reuse": "finished, reused: {}", "resume": "unfinished, resumes from {}", "new": "runs"}
+        for name, (action, found) in plan(pipeline).items():
+            stage = pipeline.stages[name]
             reads = f", reads {', '.join(dict.fromkeys(stage.needs))}" if stage.needs else ""
-            print(f"  {stage.name}: {stage.algorithm}{reads} -> {stage.root}/")
+            print(f"  {name}: {stage.algorithm}{reads} -> {stage.root}/ ({todo[action].format(found)})")
         if pipeline.compare is not None:
             spec = pipeline.compare
             print(f"  compare: {', '.join(spec.run_names(pipeline))} against {spec.baseline}")
@@ -100,8 +104,12 @@ def cmd_show(args: argparse.Namespace) -> int:
     import yaml
 
     if _is_pipeline(args):
-        for stage in _load_pipeline(args).stages.values():
-            print(f"# stage {stage.name} (an upstream run not finished yet shows as <not run yet>)")
+        from alignkit.pipeline import plan
+
+        pipeline = _load_pipeline(args)
+        plan(pipeline)  # finished upstream stages show their real paths
+        for stage in pipeline.stages.values():
+            print(f"# stage {stage.name} (an upstream stage that has not run shows as <not run yet>)")
             print(yaml.safe_dump({stage.name: stage.config.model_dump(mode="json")}, sort_keys=False), end="")
         return 0
     print(yaml.safe_dump(_load(args).model_dump(mode="json"), sort_keys=False), end="")

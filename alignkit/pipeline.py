@@ -335,6 +335,20 @@ def _run_stage(config: Any, log: Callable[[str], None]) -> None:
         )
 
 
+def plan(pipeline: Pipeline) -> dict[str, tuple[str, Path | None]]:
+    """What running every stage would do now: stage -> ('reuse', run) | ('resume', last.ckpt) | ('new', None).
+
+    Reused runs are recorded in `pipeline.runs`, so stages downstream of them resolve to real paths.
+    """
+    found = {}
+    for name, stage in pipeline.stages.items():
+        stage.config = resolve_stage(pipeline, stage)
+        found[name] = find_run(stage, stage.config)
+        if found[name][0] == "reuse":
+            pipeline.runs[name] = found[name][1]  # type: ignore[assignment]
+    return found
+
+
 def run_pipeline(
     pipeline: Pipeline, only: Sequence[str] | None = None, log: Callable[[str], None] = print
 ) -> dict[str, Path]:

@@ -135,6 +135,7 @@ def test_cli_validate_and_show_a_pipeline(
     assert main(["validate", str(path)]) == 0
     out = capsys.readouterr().out
     assert "valid pipeline" in out and "  sft: sft ->" in out and "  dpo: dpo, reads sft ->" in out
+    assert out.count("(runs)") == 2
     assert main(["show", str(path), "stages.dpo.trainer.max_steps=5"]) == 0
     shown = capsys.readouterr().out
     assert "# stage dpo" in shown and "max_steps: 5" in shown
