@@ -77,11 +77,16 @@ def write_status(run_dir: Path, status: str, **extra: Any) -> None:
     (run_dir / "run.json").write_text(json.dumps(record, indent=2) + "\n")
 
 
-def read_status(run_dir: Path) -> str:
+def read_run_record(run_dir: Path) -> dict[str, Any]:
+    """run.json as written by write_status; {} when it is missing or unreadable."""
     try:
-        return str(json.loads((run_dir / "run.json").read_text()).get("status", "unknown"))
+        return dict(json.loads((run_dir / "run.json").read_text()))
     except (OSError, ValueError):
-        return "unknown"
+        return {}
+
+
+def read_status(run_dir: Path) -> str:
+    return str(read_run_record(run_dir).get("status", "unknown"))
 
 
 class SaveOnException(L.Callback):

@@ -31,6 +31,7 @@ from typing import Any
 
 from pydantic import Field
 
+from alignkit.bandits.study import mean_se
 from alignkit.config.base import Spec
 from alignkit.config.errors import Problem
 from alignkit.data.spec import SourceSpec
@@ -142,19 +143,10 @@ class CompareResult:
         return [p for p in self.points if p.final]
 
 
-def _mean_se(values: Any) -> tuple[float, float]:
-    n = values.numel()
-    mean = float(values.float().mean())
-    se = float(values.float().std(unbiased=True) / math.sqrt(n)) if n > 1 else 0.0
-    return mean, se
-
-
 class Evaluator:
     """Samples a policy's answers to the fixed prompts and scores them (true reward, KL, reward model)."""
 
     def __init__(self, spec: CompareSpec, tokenizer: Any, reference: Any, reward_model: Any, device: Any) -> None:
-        import torch
-
         from alignkit.data import Collator, DataSpec, build_datasets
         from alignkit.rewards.sources import build_source
 
@@ -169,14 +161,15 @@ class Evaluator:
         size = spec.micro_batch_size
         self.batches = [collate(rows[i : i + size]) for i in range(0, len(rows), size)]
         self.num_prompts = len(rows)
-        self._torch = torch
 
     def answer(self, policy: Any, num_samples: int) -> dict[str, Any]:
         """Per response: true reward, KL to the reference, RM score, length, text; responses grouped by prompt."""
-        from alignkit.rewards import RewardInputs
-        from alignkit.rollout import decode_prompts, decode_responses, generate, score
+        import torch
 
-        torch, spec = self._torch, self.spec
+        from alignkit.rewards import RewardInputs
+        from alignkit.rollout import generate, score
+
+        spec = self.spec
         policy = policy.to(self.device).eval()
         torch.manual_seed(spec.seed)  # every policy answers with the same random stream
         out: dict[str, list[Any]] = {k: [] for k in ("true", "kl", "rm", "length", "prompt", "response")}
@@ -194,14 +187,7 @@ class Evaluator:
                 )
                 logps = score(policy, rollout, temperature=spec.temperature)[0]
                 ref = score(self.reference, rollout, temperature=spec.temperature)[0]
-                inputs = RewardInputs(
-                    prompts=decode_prompts(self.tokenizer, rollout),
-                    responses=decode_responses(self.tokenizer, rollout),
-                    sequences=rollout.sequences,
-                    attention_mask=rollout.attention_mask,
-                    finished=rollout.finished,
-                    metadata=[m for m in batch["metadata"] for _ in range(num_samples)],
-                )
+                inputs = RewardInputs.from_rollout(self.tokenizer, rollout, batch["metadata"], num_samples)
                 out["true"].append(self.true_reward(inputs)[0].cpu())
                 out["kl"].append((logps - ref).sum(-1).cpu())
                 if self.reward_model is not None:
@@ -213,8 +199,8 @@ class Evaluator:
         return {**tensors, "prompt": out["prompt"], "response": out["response"]}
 
     def point(self, answers: dict[str, Any], **info: Any) -> Point:
-        reward, reward_se = _mean_se(answers["true"])
-        kl, kl_se = _mean_se(answers["kl"])
+        reward, reward_se = mean_se(answers["true"])
+        kl, kl_se = mean_se(answers["kl"])
         rm = float(answers["rm"].mean()) if answers["rm"] is not None else None
         return Point(
             true_reward=reward,
@@ -238,7 +224,7 @@ def best_of_n(answers: dict[str, Any], ns: list[int], per_prompt: int, **info: A
     points = []
     for n in sorted(set(ns)):
         pick = rm[:, :n].argmax(-1, keepdim=True)
-        reward, reward_se = _mean_se(true.gather(1, pick).squeeze(1))
+        reward, reward_se = mean_se(true.gather(1, pick).squeeze(1))
         points.append(
             Point(
                 method=f"best-of-{n}",
@@ -254,13 +240,6 @@ def best_of_n(answers: dict[str, Any], ns: list[int], per_prompt: int, **info: A
             )
         )
     return points
-
-
-def _status(run: Path) -> dict[str, Any]:
-    try:
-        return json.loads((run / "run.json").read_text())
-    except (OSError, ValueError):
-        return {}
 
 
 def _step_checkpoints(run: Path) -> list[tuple[int, Path]]:
@@ -291,28 +270,24 @@ def _copy_events(run: Path, dest: Path) -> None:
         shutil.copy2(events, dest / events.name)
 
 
-def _next_version(root: Path) -> Path:
-    taken = [int(p.name.split("_")[1]) for p in root.glob("version_*") if re.fullmatch(r"version_\d+", p.name)]
-    return root / f"version_{max(taken) + 1 if taken else 0}"
-
-
 def run_compare(pipeline: Any, log: Callable[[str], None] = print) -> CompareResult:
     """Run (or reuse) what the comparison needs, evaluate every policy, write table, figures and TensorBoard."""
     import torch
     from torch.utils.tensorboard import SummaryWriter
 
     from alignkit.algorithms import ALGORITHMS
-    from alignkit.config.load import load_config
+    from alignkit.callbacks import read_run_record
     from alignkit.models import ModelSpec, build_causal_lm, load_tokenizer
     from alignkit.pipeline import run_pipeline
     from alignkit.rewards.sources import build_source
     from alignkit.rewards.spec import ModelSourceSpec
+    from alignkit.run import next_version
 
     spec: CompareSpec = pipeline.compare
     names = spec.run_names(pipeline)
     rm_stage = spec.reward_stage(pipeline)
     runs = run_pipeline(pipeline, only=spec.needed(pipeline), log=log)
-    out = _next_version(pipeline.root / COMPARE_DIR)
+    out = next_version(pipeline.root / COMPARE_DIR)
     out.mkdir(parents=True)
     result = CompareResult(out)
 
@@ -357,7 +332,7 @@ def run_compare(pipeline: Any, log: Callable[[str], None] = print) -> CompareRes
                         writer.add_scalar(tag, value, p.step, walltime=when)
 
     # the baseline, and best-of-n from its samples
-    status = _status(runs[spec.baseline])
+    base_status = read_run_record(runs[spec.baseline])
     base_info = {"stage": spec.baseline, "algorithm": pipeline.stages[spec.baseline].algorithm}
     per_prompt = max([spec.samples_per_prompt, *(spec.best_of_n if reward_model is not None else [])])
     t0 = time.perf_counter()
@@ -372,9 +347,9 @@ def run_compare(pipeline: Any, log: Callable[[str], None] = print) -> CompareRes
     base = evaluator.point(
         first,
         method=spec.baseline,
-        step=int(status.get("global_step", 0)),
-        train_time_s=status.get("wall_time_s"),
-        peak_mem_mb=_peak(status),
+        step=int(base_status.get("global_step", 0)),
+        train_time_s=base_status.get("wall_time_s"),
+        peak_mem_mb=_peak(base_status),
         **base_info,
     )
     result.points.append(base)
@@ -389,9 +364,8 @@ def run_compare(pipeline: Any, log: Callable[[str], None] = print) -> CompareRes
 
     for name in names:
         run, stage = runs[name], pipeline.stages[name]
-        status = _status(run)
-        cfg = load_config(run / "config.yaml")
-        updates = ALGORITHMS.get(cfg.algorithm.name).updates_per_step(cfg)
+        status = read_run_record(run)
+        updates = ALGORITHMS.get(stage.algorithm).updates_per_step(stage.config)
         final_policy = build_causal_lm(ModelSpec(path=str(run / "hf" / "policy")), tokenizer)
         info = {"stage": name, "algorithm": stage.algorithm}
         started = status.get("started")
@@ -426,7 +400,7 @@ def run_compare(pipeline: Any, log: Callable[[str], None] = print) -> CompareRes
         _copy_events(run, tb_root / name)
         record(name, [Point(**{**asdict(base), "final": False, "step": 0, "train_time_s": 0.0}), *points], started)
         result.points += points
-    record(spec.baseline, [base], _status(runs[spec.baseline]).get("started"))
+    record(spec.baseline, [base], base_status.get("started"))
 
     write_table(result, base, evaluator.num_prompts, spec)
     (out / "samples.jsonl").write_text("".join(json.dumps(s) + "\n" for s in samples))
@@ -525,14 +499,13 @@ def plot(result: CompareResult, base: Point, out: Path) -> None:
         ax.plot(xs, ys, "-", color=colors[m], alpha=0.5, lw=1)
         last = pts[-1]
         ax.errorbar([last.kl], [last.true_reward], yerr=[last.true_reward_se], fmt="o", color=colors[m], label=m)
-    ax.set_xlabel("KL(policy || start) per response, nats")
-    ax.set_ylabel("true reward (held-out prompts)")
-    ax.set_title("Reward vs KL: lines follow each run's checkpoints")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="best")
-    fig.tight_layout()
-    fig.savefig(out / "frontier.png", dpi=120)
-    plt.close(fig)
+    _finish(
+        fig,
+        ax,
+        "KL(policy || start) per response, nats",
+        "Reward vs KL: lines follow each run's checkpoints",
+        out / "frontier.png",
+    )
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     ax.axhline(base.true_reward, color="k", ls=":", lw=1, label=f"{base.method} (start)")
@@ -549,11 +522,18 @@ def plot(result: CompareResult, base: Point, out: Path) -> None:
             lw=1,
             label=m,
         )
-    ax.set_xlabel("training wall time of the stage, s")
+    _finish(fig, ax, "training wall time of the stage, s", "Reward vs training time", out / "reward_vs_time.png")
+
+
+def _finish(fig: Any, ax: Any, xlabel: str, title: str, path: Path) -> None:
+    """Labels, grid and legend of a true-reward figure, saved to `path` and closed."""
+    import matplotlib.pyplot as plt
+
+    ax.set_xlabel(xlabel)
     ax.set_ylabel("true reward (held-out prompts)")
-    ax.set_title("Reward vs training time")
+    ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="best")
     fig.tight_layout()
-    fig.savefig(out / "reward_vs_time.png", dpi=120)
+    fig.savefig(path, dpi=120)
     plt.close(fig)

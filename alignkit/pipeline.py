@@ -109,7 +109,7 @@ class Stage:
     needs: list[str]  # stages it reads from
     algorithm: str
     trained: tuple[str, ...]
-    config: Any = None  # ExperimentConfig, validated with placeholder paths for unfinished upstream stages
+    config: Any = None  # ExperimentConfig: placeholder paths for upstream stages not run yet, real ones after
 
     @property
     def root(self) -> Path:
@@ -124,7 +124,6 @@ class Pipeline:
     stages: dict[str, Stage]  # in run order: every stage after the stages it reads from
     root: Path  # <logging.root>/<name>: one TensorBoard directory for every stage
     compare: Any = None  # CompareSpec or None
-    raw_compare: dict[str, Any] | None = None
     runs: dict[str, Path] = field(default_factory=dict)
 
     def upstream(self, names: Iterable[str]) -> list[str]:
@@ -247,7 +246,7 @@ def load_pipeline(path: str | Path, overrides: Sequence[str] = ()) -> Pipeline:
                         f"stage '{target}' trains no '{ref['output']}'; allowed: {allowed}",
                     )
                 )
-            bad = set(ref) - {STAGE_KEY, "output"} & {"path", "preset", "architecture"}
+            bad = (set(ref) - {STAGE_KEY, "output"}) & {"path", "preset", "architecture"}
             if bad:
                 problems.append(
                     Problem(at, f"from_stage gives the model's path; remove {', '.join(sorted(bad))} beside it")
@@ -263,7 +262,6 @@ def load_pipeline(path: str | Path, overrides: Sequence[str] = ()) -> Pipeline:
         source=source,
         stages={s: stages[s] for s in order},
         root=root,
-        raw_compare=raw.get("compare"),
     )
     for stage in pipeline.stages.values():
         try:
@@ -301,10 +299,10 @@ def find_run(stage: Stage, config: Any) -> tuple[str, Path | None]:
     """('reuse', run) for a finished run of this exact config; ('resume', last.ckpt) for an unfinished one;
     ('new', None) otherwise."""
     from alignkit.callbacks import read_status
-    from alignkit.run import _versions
+    from alignkit.run import versions
 
     wanted = comparable(config.model_dump(mode="json"))
-    for run in reversed(_versions(stage.root)):
+    for run in reversed(versions(stage.root)):
         saved = _config_of(run)
         if saved is None or comparable(saved) != wanted:
             continue
@@ -318,7 +316,7 @@ def find_run(stage: Stage, config: Any) -> tuple[str, Path | None]:
     return "new", None
 
 
-def _run_stage(config: Any, log: Callable[[str], None]) -> None:
+def _run_stage(config: Any) -> None:
     """`alignkit run` of one resolved stage config in a child process."""
     with tempfile.TemporaryDirectory(prefix="alignkit-stage-") as tmp:
         file = Path(tmp) / f"{config.name}.yaml"
@@ -364,7 +362,7 @@ def run_pipeline(
         )
     for name in pipeline.upstream(only or pipeline.stages):
         stage = pipeline.stages[name]
-        config = resolve_stage(pipeline, stage)  # upstream paths are real now
+        stage.config = config = resolve_stage(pipeline, stage)  # upstream paths are real now
         action, found = find_run(stage, config)
         if action == "reuse":
             assert found is not None
@@ -378,7 +376,7 @@ def run_pipeline(
             )
         else:
             log(f"[{pipeline.name}] stage {name}: running {stage.algorithm}")
-        _run_stage(config, log)
+        _run_stage(config)
         action, found = find_run(stage, config)
         if action != "reuse" or found is None:
             raise RunError(f"stage '{name}' exited cleanly but left no finished run under {stage.root}")

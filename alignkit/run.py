@@ -50,7 +50,8 @@ def is_rank_zero() -> bool:
     return all(os.environ.get(v, "0") == "0" for v in ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID"))
 
 
-def _versions(root: Path) -> list[Path]:
+def versions(root: Path) -> list[Path]:
+    """The `version_N` run directories under `root`, oldest first."""
     runs = [p for p in root.glob("version_*") if p.is_dir() and re.fullmatch(r"version_\d+", p.name)]
     return sorted(runs, key=lambda p: int(p.name.split("_")[1]))
 
@@ -63,7 +64,7 @@ def resolve_run_dir(cfg: Any) -> tuple[Path, Path | None]:
     root = Path(cfg.logging.root) / cfg.name
     resume = cfg.checkpoint.resume
     if resume == "auto":
-        for run in reversed(_versions(root)):
+        for run in reversed(versions(root)):
             last = run / "checkpoints" / "last.ckpt"
             if last.exists() and read_status(run) != "finished":
                 return run, last
@@ -86,19 +87,24 @@ def _new_run_dir(cfg: Any, root: Path) -> Path:
                 "the next free version_N, or continue it with checkpoint.resume=auto"
             )
         return run
-    versions = _versions(root)
-    return root / f"version_{int(versions[-1].name.split('_')[1]) + 1 if versions else 0}"
+    return next_version(root)
+
+
+def next_version(root: Path) -> Path:
+    """`root/version_N` for the first N above every existing version (version_0 when there is none)."""
+    taken = versions(root)
+    return root / f"version_{int(taken[-1].name.split('_')[1]) + 1 if taken else 0}"
 
 
 def environment() -> dict[str, Any]:
     """Library versions, git commit and command line, written beside every run."""
     libs = ["alignkit", "torch", "lightning", "transformers", "datasets", "pydantic", "omegaconf", "tokenizers"]
-    versions = {}
+    found = {}
     for lib in libs:
         try:
-            versions[lib] = metadata.version(lib)
+            found[lib] = metadata.version(lib)
         except metadata.PackageNotFoundError:
-            versions[lib] = None
+            found[lib] = None
     git: dict[str, Any] = {}
     try:
         here = Path(__file__).resolve().parent
@@ -109,7 +115,7 @@ def environment() -> dict[str, Any]:
     except (OSError, subprocess.SubprocessError):
         pass
     return {
-        "versions": versions,
+        "versions": found,
         "git": git or None,
         "python": platform.python_version(),
         "host": platform.node(),

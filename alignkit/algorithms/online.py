@@ -19,7 +19,7 @@ from alignkit.algorithms.base import AlgorithmConfig, AlignModule
 from alignkit.ops import masked_mean, masked_sum
 from alignkit.ops.rl import Aggregation, KLKind, aggregate, clipped_policy_loss, kl_penalty
 from alignkit.rewards import RewardInputs
-from alignkit.rollout import Rollout, decode_prompts, decode_responses, generate, score
+from alignkit.rollout import Rollout, generate, score
 
 
 class OnlineConfig(AlgorithmConfig):
@@ -95,18 +95,7 @@ class OnlineModule(AlignModule):
 
     def rewards(self, rollout: Rollout, batch: dict[str, Any], num_samples: int) -> tuple[Tensor, dict[str, Tensor]]:
         """Rewards [N] of a rollout (post-processed as the reward section says) and the reward's metrics."""
-        metadata = [
-            row for row in batch.get("metadata", [{}] * len(batch["prompt_input_ids"])) for _ in range(num_samples)
-        ]
-        inputs = RewardInputs(
-            prompts=decode_prompts(self.tokenizer, rollout),
-            responses=decode_responses(self.tokenizer, rollout),
-            sequences=rollout.sequences,
-            attention_mask=rollout.attention_mask,
-            finished=rollout.finished,
-            metadata=metadata,
-        )
-        return self.reward(inputs)
+        return self.reward(RewardInputs.from_rollout(self.tokenizer, rollout, batch.get("metadata"), num_samples))
 
     def micro_batches(self, rows: Tensor) -> list[Tensor]:
         return list(rows.split(self.cfg.trainer.micro_batch_size))

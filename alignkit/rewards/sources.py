@@ -27,6 +27,7 @@ from alignkit.rewards.spec import (
     RuleSourceSpec,
     WeightedSumSourceSpec,
 )
+from alignkit.rollout import Rollout, decode_prompts, decode_responses
 
 Metrics = dict[str, Tensor]
 
@@ -61,6 +62,24 @@ class RewardInputs:
         }
         if len(set(sizes.values())) != 1:
             raise ValueError(f"RewardInputs: every field needs one entry per row (got {sizes})")
+
+    @classmethod
+    def from_rollout(
+        cls,
+        tokenizer: PreTrainedTokenizerBase,
+        rollout: Rollout,
+        metadata: list[dict[str, Any]] | None = None,
+        num_samples: int = 1,
+    ) -> RewardInputs:
+        """The inputs of a rollout's rows, with each prompt row's `metadata` repeated for its `num_samples`."""
+        return cls(
+            prompts=decode_prompts(tokenizer, rollout),
+            responses=decode_responses(tokenizer, rollout),
+            sequences=rollout.sequences,
+            attention_mask=rollout.attention_mask,
+            finished=rollout.finished,
+            metadata=[row for row in metadata or [] for _ in range(num_samples)],
+        )
 
     @property
     def device(self) -> torch.device:

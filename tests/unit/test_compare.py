@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from alignkit.compare import CompareResult, CompareSpec, Point, _mean_se, best_of_n, write_table
+from alignkit.compare import CompareResult, CompareSpec, Point, best_of_n, mean_se, write_table
 
 
 def test_best_of_n_keeps_the_reward_models_favourite_among_the_first_n() -> None:
@@ -36,8 +36,8 @@ def test_best_of_n_keeps_the_reward_models_favourite_among_the_first_n() -> None
 
 def test_mean_and_standard_error() -> None:
     """[1, 2, 3, 4]: mean 2.5; sample std sqrt(5/3) = 1.29099; se = 1.29099 / 2 = 0.645497."""
-    assert _mean_se(torch.tensor([1.0, 2, 3, 4])) == pytest.approx((2.5, 0.645497), abs=1e-6)
-    assert _mean_se(torch.tensor([3.0])) == (3.0, 0.0)
+    assert mean_se(torch.tensor([1.0, 2, 3, 4])) == pytest.approx((2.5, 0.645497), abs=1e-6)
+    assert mean_se(torch.tensor([3.0])) == (3.0, 0.0)
 
 
 def test_table_says_how_much_each_method_beats_the_baseline(tmp_path: Path) -> None:
