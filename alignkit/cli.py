@@ -179,7 +179,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 def cmd_list(args: argparse.Namespace) -> int:
     from alignkit.algorithms import ALGORITHMS
-    from alignkit.config.load import list_presets
+    from alignkit.config.presets import list_presets
     from alignkit.data.generators import DATASETS
     from alignkit.models import ARCHITECTURES
     from alignkit.rewards import REWARDS

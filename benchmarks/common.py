@@ -32,7 +32,7 @@ def alternating(workers: Sequence[str], repeats: int) -> Iterator[str]:
 def save_preset_model(preset: str, directory: Path) -> tuple[str, Any, Any]:
     """(directory, tokenizer, model): a causal LM built from a model preset and saved in Hugging Face format, so
     that every worker starts from the same weights."""
-    from alignkit.config.load import load_preset
+    from alignkit.config.presets import load_preset
     from alignkit.models import ModelSpec, build_causal_lm, load_tokenizer, save_hf
 
     spec = ModelSpec(**{k: v for k, v in load_preset("models", preset).items() if k != "description"})

@@ -114,7 +114,7 @@ def prompt_texts(args: argparse.Namespace) -> list[str]:
 def worker_trl(args: argparse.Namespace) -> dict[str, Any]:
     from trl_grpo import run_trl_grpo
 
-    from alignkit.config.load import load_preset
+    from alignkit.config.presets import load_preset
 
     hw = load_preset("hardware", args.hardware)
     if hw.get("precision", "32-true") not in ("32-true", "bf16-mixed") or hw.get("devices", 1) != 1:

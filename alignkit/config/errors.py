@@ -11,6 +11,7 @@ from pydantic import BaseModel, ValidationError
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
+from alignkit.config.presets import PRESET_KINDS
 from alignkit.registry import did_you_mean
 
 
@@ -219,12 +220,6 @@ def split_problems(message: str, model: type[BaseModel] | None, path: str) -> li
     return problems
 
 
-def _preset_sections() -> set[str]:
-    from alignkit.config.load import PRESET_KINDS  # load.py imports this module
-
-    return set(PRESET_KINDS)
-
-
 def problems_from_validation(err: ValidationError, root: type[BaseModel]) -> list[Problem]:
     problems: list[Problem] = []
     for e in err.errors(include_url=False):
@@ -281,7 +276,7 @@ def problems_from_validation(err: ValidationError, root: type[BaseModel]) -> lis
             msg = f"should be {text} (got {_short(given)})"
             if where.field is not None:
                 msg += f"; allowed: {_allowed(where)}{_example(where)}"
-            if kind == "model_type" and isinstance(given, str) and key in _preset_sections():
+            if kind == "model_type" and isinstance(given, str) and key in PRESET_KINDS:
                 msg += f"; to use a preset, write `{key}: {{preset: {given}}}`"
         problem = Problem(path, msg)
         if problem not in problems:

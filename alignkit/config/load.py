@@ -14,45 +14,8 @@ from omegaconf.errors import OmegaConfBaseException
 from pydantic import ValidationError
 
 from alignkit.config.errors import ConfigError, Problem, problems_from_validation, split_problems
+from alignkit.config.presets import PRESET_KINDS, load_preset
 from alignkit.registry import did_you_mean
-
-# Which preset folder (under registry/) a section's `preset:` names.
-PRESET_KINDS = {
-    "policy": "models",
-    "reference": "models",
-    "critic": "models",
-    "reward_model": "models",
-    "model": "models",
-    "data": "datasets",
-    "hardware": "hardware",
-}
-
-
-def preset_root() -> Path:
-    """registry/ of a source checkout, or the copy inside an installed wheel (alignkit/_presets)."""
-    packaged = Path(__file__).resolve().parents[1] / "_presets"
-    return packaged if packaged.is_dir() else Path(__file__).resolve().parents[2] / "registry"
-
-
-def list_presets(kind: str) -> dict[str, str]:
-    """{name: description} of the presets of one kind ('models', 'datasets', 'hardware')."""
-    folder = preset_root() / kind
-    out = {}
-    for f in sorted(folder.glob("*.yaml")):
-        out[f.stem] = str((yaml.safe_load(f.read_text()) or {}).get("description", ""))
-    return out
-
-
-def load_preset(kind: str, name: str) -> dict[str, Any]:
-    file = preset_root() / kind / f"{name}.yaml"
-    if not file.is_file():
-        names = list(list_presets(kind))
-        raise KeyError(
-            f"unknown preset '{name}' (in registry/{kind}/); allowed: {', '.join(names)}{did_you_mean(name, names)}"
-        )
-    data = yaml.safe_load(file.read_text()) or {}
-    data.pop("description", None)
-    return data
 
 
 def _read(path: Path, chain: tuple[Path, ...]) -> DictConfig:

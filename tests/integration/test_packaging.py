@@ -32,7 +32,7 @@ def test_wheel_ships_presets_and_resolves_them(tmp_path: Path) -> None:
     zipfile.ZipFile(wheel).extractall(site)
     # run from an empty folder with only the unpacked wheel on the path: no repo checkout to fall back on
     probe = (
-        "import alignkit.config.load as l, pathlib; "
+        "import alignkit.config.presets as l, pathlib; "
         "print(l.preset_root()); print(sorted(l.list_presets('models'))); "
         "print(l.load_preset('hardware', 'cpu'))"
     )

@@ -13,7 +13,7 @@ from conftest import REPO
 
 from alignkit.algorithms import ALGORITHMS
 from alignkit.cli import LIST_KINDS, main
-from alignkit.config.load import list_presets
+from alignkit.config.presets import list_presets
 from alignkit.data.generators import DATASETS
 from alignkit.models import ARCHITECTURES
 from alignkit.rewards import REWARDS

@@ -15,7 +15,8 @@ from pydantic import BaseModel, ValidationError
 from alignkit.algorithms import ALGORITHMS
 from alignkit.cli import main
 from alignkit.config.errors import ConfigError
-from alignkit.config.load import load_config, load_dict, load_preset, validate_dict
+from alignkit.config.load import load_config, load_dict, validate_dict
+from alignkit.config.presets import load_preset
 from alignkit.config.schema import experiment_schema
 
 WriteYaml = Callable[[str, str], Path]

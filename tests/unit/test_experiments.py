@@ -10,7 +10,8 @@ import yaml
 from conftest import REPO
 
 from alignkit.algorithms import ALGORITHMS
-from alignkit.config.load import PRESET_KINDS, list_presets, load_config, preset_root
+from alignkit.config.load import load_config
+from alignkit.config.presets import PRESET_KINDS, list_presets, preset_root
 from alignkit.pipeline import is_pipeline, load_pipeline
 
 EXPERIMENTS = sorted((REPO / "experiments").glob("**/*.yaml"))
