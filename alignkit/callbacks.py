@@ -1,8 +1,7 @@
-"""Callbacks every run gets: throughput and memory (`perf/*`), learning rate, and the run's status file."""
+"""Callbacks every run gets: throughput and memory (`perf/*`), learning rate, a checkpoint on a crash."""
 
 from __future__ import annotations
 
-import json
 import resource
 import time
 from pathlib import Path
@@ -69,24 +68,6 @@ def process_peak_memory() -> dict[str, float]:
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         peaks["peak_cuda_mb"] = torch.cuda.max_memory_allocated() / 2**20
     return peaks
-
-
-def write_status(run_dir: Path, status: str, **extra: Any) -> None:
-    """run.json: running | finished | failed, with the step reached; `checkpoint.resume: auto` reads it."""
-    record = {"status": status, "time": time.strftime("%Y-%m-%dT%H:%M:%S"), **extra}
-    (run_dir / "run.json").write_text(json.dumps(record, indent=2) + "\n")
-
-
-def read_run_record(run_dir: Path) -> dict[str, Any]:
-    """run.json as written by write_status; {} when it is missing or unreadable."""
-    try:
-        return dict(json.loads((run_dir / "run.json").read_text()))
-    except (OSError, ValueError):
-        return {}
-
-
-def read_status(run_dir: Path) -> str:
-    return str(read_run_record(run_dir).get("status", "unknown"))
 
 
 class SaveOnException(L.Callback):

@@ -13,6 +13,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from alignkit.config.errors import ConfigError
+from alignkit.rundir import RunError, is_rank_zero
 
 LIST_KINDS = ("algorithms", "architectures", "datasets", "rewards", "presets")
 
@@ -117,7 +118,7 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from alignkit.run import is_rank_zero, run
+    from alignkit.run import run
 
     if _is_pipeline(args):
         from alignkit.pipeline import run_pipeline
@@ -159,8 +160,6 @@ def cmd_compare(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    from alignkit.run import is_rank_zero
-
     if not is_rank_zero():  # under torchrun/SLURM every rank runs the stages; rank 0 alone evaluates
         from alignkit.pipeline import run_pipeline
 
@@ -181,8 +180,8 @@ def cmd_list(args: argparse.Namespace) -> int:
     from alignkit.algorithms import ALGORITHMS
     from alignkit.config.presets import list_presets
     from alignkit.data.generators import DATASETS
-    from alignkit.models import ARCHITECTURES
-    from alignkit.rewards import REWARDS
+    from alignkit.models.architectures import ARCHITECTURES
+    from alignkit.rewards.rules import REWARDS
 
     registries = {"algorithms": ALGORITHMS, "architectures": ARCHITECTURES, "datasets": DATASETS, "rewards": REWARDS}
     for kind in [args.kind] if args.kind else LIST_KINDS:
@@ -196,7 +195,7 @@ def cmd_list(args: argparse.Namespace) -> int:
             print(f"  {name:24s} {desc}")
             if kind == "algorithms" and args.verbose:
                 algo = ALGORITHMS.get(name)
-                kinds = " or ".join(map(str, (algo.records, *getattr(algo, "also_loads", ()))))
+                kinds = " or ".join(map(str, (algo.records, *algo.also_loads)))
                 print(f"    uses: {', '.join(algo.models)}; trains: {', '.join(algo.trained)}; data: {kinds}")
                 print("\n".join("  " + line for line in fields_help(algo.Config, "algorithm.")))
     return 0
@@ -255,11 +254,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except RunError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     except Exception as err:
-        from alignkit.data import DataError
-        from alignkit.run import RunError
+        from alignkit.data.sources import DataError
 
-        if isinstance(err, DataError | RunError):
+        if isinstance(err, DataError):
             print(f"error: {err}", file=sys.stderr)
             return 2
         raise

@@ -29,90 +29,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field
-
-from alignkit.bandits.study import mean_se
-from alignkit.config.base import Spec
-from alignkit.config.errors import Problem
-from alignkit.data.spec import SourceSpec
-from alignkit.rewards.spec import RewardSourceSpec
+from alignkit.pipeline import CompareSpec, Pipeline, run_pipeline
+from alignkit.rundir import next_version, read_run_record
+from alignkit.stats import mean_se
 
 COMPARE_DIR = "compare"
 TAGS = ("compare/reward/true", "compare/kl/ref", "compare/reward/model", "compare/response/length")
-
-
-class CompareSpec(Spec):
-    """The `compare:` section of a pipeline file."""
-
-    baseline: str = Field(
-        "sft",
-        description="Stage whose trained policy every compared method starts from: the reference of every KL, "
-        "the table's first row, and the sampler of best-of-n.",
-    )
-    runs: list[str] | None = Field(
-        None, description="Stages to compare (default: every stage other than the baseline that trains a policy)."
-    )
-    reward_model: str | None = Field(
-        None,
-        description="Stage whose reward model scores every response (the table's RM column and best-of-n's "
-        "choice); default: the pipeline's first reward_model stage, if any.",
-    )
-    prompts: SourceSpec = Field(description="Held-out prompts that every policy answers: a file or a generator.")
-    true_reward: RewardSourceSpec = Field(
-        description="The reward the comparison reports, any reward source; for the sentiment testbed "
-        "`{kind: rule, name: review_sentiment}`."
-    )
-    samples_per_prompt: int = Field(4, ge=1, description="Sampled responses per prompt and policy.")
-    max_new_tokens: int = Field(32, ge=1, description="Most tokens in a response.")
-    temperature: float = Field(1.0, gt=0, description="Sampling temperature (1: the policy's own distribution).")
-    max_prompt_length: int = Field(64, ge=1, description="Prompts longer than this are cut from the left.")
-    best_of_n: list[int] = Field(
-        [1, 2, 4, 8, 16],
-        description="n of the best-of-n rows: n baseline samples per prompt, the reward model's favourite kept; "
-        "KL = log n - (n - 1) / n (Stiennon et al. 2020). Empty, or no reward model: no best-of-n.",
-    )
-    checkpoints: bool = Field(
-        True, description="Also evaluate each compared run's saved step checkpoints: a curve per method."
-    )
-    micro_batch_size: int = Field(32, ge=1, description="Prompts per generation batch.")
-    seed: int = Field(1234, description="Sampling seed; every policy answers with the same seed.")
-
-    def problems(self, pipeline: Any) -> list[Problem]:
-        """Stage names that do not exist or do not hold what this section needs."""
-        stages = pipeline.stages
-        found = []
-        if self.baseline not in stages:
-            found.append(Problem("compare.baseline", f"unknown stage '{self.baseline}'; allowed: {', '.join(stages)}"))
-        elif "policy" not in stages[self.baseline].trained:
-            found.append(Problem("compare.baseline", f"stage '{self.baseline}' trains no policy"))
-        for i, name in enumerate(self.runs or []):
-            if name not in stages:
-                found.append(Problem(f"compare.runs[{i}]", f"unknown stage '{name}'; allowed: {', '.join(stages)}"))
-            elif "policy" not in stages[name].trained:
-                found.append(
-                    Problem(f"compare.runs[{i}]", f"stage '{name}' ({stages[name].algorithm}) trains no policy")
-                )
-        rm = self.reward_model
-        if rm is not None and (rm not in stages or "reward_model" not in stages[rm].trained):
-            found.append(Problem("compare.reward_model", f"'{rm}' is not a stage that trains a reward_model"))
-        if any(n < 1 for n in self.best_of_n):
-            found.append(Problem("compare.best_of_n", f"every n must be at least 1 (got {self.best_of_n})"))
-        return found
-
-    def run_names(self, pipeline: Any) -> list[str]:
-        if self.runs is not None:
-            return list(self.runs)
-        return [s for s, st in pipeline.stages.items() if s != self.baseline and "policy" in st.trained]
-
-    def needed(self, pipeline: Any) -> list[str]:
-        """The stages the comparison reads: baseline, compared runs, reward model."""
-        rm = self.reward_stage(pipeline)
-        return [self.baseline, *self.run_names(pipeline), *([rm] if rm else [])]
-
-    def reward_stage(self, pipeline: Any) -> str | None:
-        if self.reward_model is not None:
-            return self.reward_model
-        return next((s for s, st in pipeline.stages.items() if "reward_model" in st.trained), None)
 
 
 @dataclass
@@ -270,18 +192,14 @@ def _copy_events(run: Path, dest: Path) -> None:
         shutil.copy2(events, dest / events.name)
 
 
-def run_compare(pipeline: Any, log: Callable[[str], None] = print) -> CompareResult:
+def run_compare(pipeline: Pipeline, log: Callable[[str], None] = print) -> CompareResult:
     """Run (or reuse) what the comparison needs, evaluate every policy, write table, figures and TensorBoard."""
     import torch
     from torch.utils.tensorboard import SummaryWriter
 
-    from alignkit.algorithms import ALGORITHMS
-    from alignkit.callbacks import read_run_record
     from alignkit.models import ModelSpec, build_causal_lm, load_tokenizer
-    from alignkit.pipeline import run_pipeline
     from alignkit.rewards.sources import build_source
     from alignkit.rewards.spec import ModelSourceSpec
-    from alignkit.run import next_version
 
     spec: CompareSpec = pipeline.compare
     names = spec.run_names(pipeline)
@@ -365,7 +283,7 @@ def run_compare(pipeline: Any, log: Callable[[str], None] = print) -> CompareRes
     for name in names:
         run, stage = runs[name], pipeline.stages[name]
         status = read_run_record(run)
-        updates = ALGORITHMS.get(stage.algorithm).updates_per_step(stage.config)
+        updates = stage.config.algorithm.updates_per_step()
         final_policy = build_causal_lm(ModelSpec(path=str(run / "hf" / "policy")), tokenizer)
         info = {"stage": name, "algorithm": stage.algorithm}
         started = status.get("started")

@@ -31,10 +31,16 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from pydantic import Field, ValidationError
 
-from alignkit.config.errors import ConfigError, Problem
+from alignkit.algorithms import ALGORITHMS
+from alignkit.config.base import Spec
+from alignkit.config.errors import ConfigError, Problem, problems_from_validation
 from alignkit.config.load import prepare, read_raw, validate_dict
+from alignkit.data.spec import SourceSpec
 from alignkit.registry import did_you_mean
+from alignkit.rewards.spec import RewardSourceSpec
+from alignkit.rundir import RunError, read_status, versions
 
 STAGE_KEY = "from_stage"
 PIPELINE_KEYS = ("name", "description", "defaults", "stages", "compare")
@@ -102,6 +108,80 @@ def comparable(config: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+class CompareSpec(Spec):
+    """The `compare:` section of a pipeline file."""
+
+    baseline: str = Field(
+        "sft",
+        description="Stage whose trained policy every compared method starts from: the reference of every KL, "
+        "the table's first row, and the sampler of best-of-n.",
+    )
+    runs: list[str] | None = Field(
+        None, description="Stages to compare (default: every stage other than the baseline that trains a policy)."
+    )
+    reward_model: str | None = Field(
+        None,
+        description="Stage whose reward model scores every response (the table's RM column and best-of-n's "
+        "choice); default: the pipeline's first reward_model stage, if any.",
+    )
+    prompts: SourceSpec = Field(description="Held-out prompts that every policy answers: a file or a generator.")
+    true_reward: RewardSourceSpec = Field(
+        description="The reward the comparison reports, any reward source; for the sentiment testbed "
+        "`{kind: rule, name: review_sentiment}`."
+    )
+    samples_per_prompt: int = Field(4, ge=1, description="Sampled responses per prompt and policy.")
+    max_new_tokens: int = Field(32, ge=1, description="Most tokens in a response.")
+    temperature: float = Field(1.0, gt=0, description="Sampling temperature (1: the policy's own distribution).")
+    max_prompt_length: int = Field(64, ge=1, description="Prompts longer than this are cut from the left.")
+    best_of_n: list[int] = Field(
+        [1, 2, 4, 8, 16],
+        description="n of the best-of-n rows: n baseline samples per prompt, the reward model's favourite kept; "
+        "KL = log n - (n - 1) / n (Stiennon et al. 2020). Empty, or no reward model: no best-of-n.",
+    )
+    checkpoints: bool = Field(
+        True, description="Also evaluate each compared run's saved step checkpoints: a curve per method."
+    )
+    micro_batch_size: int = Field(32, ge=1, description="Prompts per generation batch.")
+    seed: int = Field(1234, description="Sampling seed; every policy answers with the same seed.")
+
+    def problems(self, pipeline: Any) -> list[Problem]:
+        """Stage names that do not exist or do not hold what this section needs."""
+        stages = pipeline.stages
+        found = []
+        if self.baseline not in stages:
+            found.append(Problem("compare.baseline", f"unknown stage '{self.baseline}'; allowed: {', '.join(stages)}"))
+        elif "policy" not in stages[self.baseline].trained:
+            found.append(Problem("compare.baseline", f"stage '{self.baseline}' trains no policy"))
+        for i, name in enumerate(self.runs or []):
+            if name not in stages:
+                found.append(Problem(f"compare.runs[{i}]", f"unknown stage '{name}'; allowed: {', '.join(stages)}"))
+            elif "policy" not in stages[name].trained:
+                found.append(
+                    Problem(f"compare.runs[{i}]", f"stage '{name}' ({stages[name].algorithm}) trains no policy")
+                )
+        rm = self.reward_model
+        if rm is not None and (rm not in stages or "reward_model" not in stages[rm].trained):
+            found.append(Problem("compare.reward_model", f"'{rm}' is not a stage that trains a reward_model"))
+        if any(n < 1 for n in self.best_of_n):
+            found.append(Problem("compare.best_of_n", f"every n must be at least 1 (got {self.best_of_n})"))
+        return found
+
+    def run_names(self, pipeline: Any) -> list[str]:
+        if self.runs is not None:
+            return list(self.runs)
+        return [s for s, st in pipeline.stages.items() if s != self.baseline and "policy" in st.trained]
+
+    def needed(self, pipeline: Any) -> list[str]:
+        """The stages the comparison reads: baseline, compared runs, reward model."""
+        rm = self.reward_stage(pipeline)
+        return [self.baseline, *self.run_names(pipeline), *([rm] if rm else [])]
+
+    def reward_stage(self, pipeline: Any) -> str | None:
+        if self.reward_model is not None:
+            return self.reward_model
+        return next((s for s, st in pipeline.stages.items() if "reward_model" in st.trained), None)
+
+
 @dataclass
 class Stage:
     name: str
@@ -123,7 +203,7 @@ class Pipeline:
     source: str
     stages: dict[str, Stage]  # in run order: every stage after the stages it reads from
     root: Path  # <logging.root>/<name>: one TensorBoard directory for every stage
-    compare: Any = None  # CompareSpec or None
+    compare: CompareSpec | None = None
     runs: dict[str, Path] = field(default_factory=dict)
 
     def upstream(self, names: Iterable[str]) -> list[str]:
@@ -169,12 +249,6 @@ def _order(stages: dict[str, Stage], problems: list[Problem]) -> list[str]:
 
 def load_pipeline(path: str | Path, overrides: Sequence[str] = ()) -> Pipeline:
     """Read and check a pipeline file: every stage validates (with placeholder paths upstream) before any runs."""
-    from pydantic import ValidationError
-
-    from alignkit.algorithms import ALGORITHMS
-    from alignkit.compare import CompareSpec
-    from alignkit.config.errors import problems_from_validation
-
     source = str(Path(path).resolve())
     raw = read_raw(path, overrides)
     problems: list[Problem] = []
@@ -298,9 +372,6 @@ def _config_of(run: Path) -> dict[str, Any] | None:
 def find_run(stage: Stage, config: Any) -> tuple[str, Path | None]:
     """('reuse', run) for a finished run of this exact config; ('resume', last.ckpt) for an unfinished one;
     ('new', None) otherwise."""
-    from alignkit.callbacks import read_status
-    from alignkit.run import versions
-
     wanted = comparable(config.model_dump(mode="json"))
     for run in reversed(versions(stage.root)):
         saved = _config_of(run)
@@ -324,8 +395,6 @@ def _run_stage(config: Any) -> None:
         cmd = [sys.executable, "-m", "alignkit", "run", str(file)]
         code = subprocess.call(cmd, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     if code != 0:
-        from alignkit.run import RunError
-
         raise RunError(
             f"stage '{config.name}' failed (exit code {code}); its run is under {config.logging.root}/{config.name}/. "
             "Fix the cause and run the pipeline again: finished stages are reused and this one resumes from its "
@@ -351,8 +420,6 @@ def run_pipeline(
     pipeline: Pipeline, only: Sequence[str] | None = None, log: Callable[[str], None] = print
 ) -> dict[str, Path]:
     """Run (or reuse) the stages `only` names and those they read from, in order; returns stage -> run dir."""
-    from alignkit.run import RunError
-
     unknown = [s for s in only or () if s not in pipeline.stages]
     if unknown:
         names = list(pipeline.stages)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import re
 import subprocess
 import sys
 import time
@@ -20,22 +19,20 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch import nn
 
-from alignkit.algorithms import ALGORITHMS, AlignModule
-from alignkit.callbacks import PerfMonitor, SaveOnException, process_peak_memory, read_status, write_status
+from alignkit.algorithms import ALGORITHMS
+from alignkit.algorithms.base import AlignModule
+from alignkit.callbacks import PerfMonitor, SaveOnException, process_peak_memory
 from alignkit.data import Collator, build_datasets
 from alignkit.data.loader import ResumableLoader, ShardedSampler
 from alignkit.hardware import trainer_kwargs
 from alignkit.models import build_causal_lm, build_scalar_model, load_tokenizer, save_hf
 from alignkit.rewards import build_reward
+from alignkit.rundir import RunError, is_rank_zero, next_version, read_status, versions, write_status
 
 # A process started by Lightning's launcher for ranks > 0 re-runs the same command; these tell it which
 # run directory and checkpoint rank 0 chose, so that it does not pick a new version.
 _ENV_RUN_DIR, _ENV_CKPT = "ALIGNKIT_RUN_DIR", "ALIGNKIT_RESUME_CKPT"
 CAUSAL_SECTIONS, SCALAR_SECTIONS = ("policy", "reference"), ("critic", "reward_model")
-
-
-class RunError(RuntimeError):
-    """A run that cannot start as configured (e.g. its directory exists); says what to change."""
 
 
 @dataclass
@@ -44,16 +41,6 @@ class RunResult:
     exports: dict[str, Path]
     metrics: dict[str, float]
     global_step: int
-
-
-def is_rank_zero() -> bool:
-    return all(os.environ.get(v, "0") == "0" for v in ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID"))
-
-
-def versions(root: Path) -> list[Path]:
-    """The `version_N` run directories under `root`, oldest first."""
-    runs = [p for p in root.glob("version_*") if p.is_dir() and re.fullmatch(r"version_\d+", p.name)]
-    return sorted(runs, key=lambda p: int(p.name.split("_")[1]))
 
 
 def resolve_run_dir(cfg: Any) -> tuple[Path, Path | None]:
@@ -90,12 +77,6 @@ def _new_run_dir(cfg: Any, root: Path) -> Path:
     return next_version(root)
 
 
-def next_version(root: Path) -> Path:
-    """`root/version_N` for the first N above every existing version (version_0 when there is none)."""
-    taken = versions(root)
-    return root / f"version_{int(taken[-1].name.split('_')[1]) + 1 if taken else 0}"
-
-
 def environment() -> dict[str, Any]:
     """Library versions, git commit and command line, written beside every run."""
     libs = ["alignkit", "torch", "lightning", "transformers", "datasets", "pydantic", "omegaconf", "tokenizers"]
@@ -125,10 +106,10 @@ def environment() -> dict[str, Any]:
 
 def build_models(cfg: Any, algorithm: type[AlignModule]) -> tuple[dict[str, nn.Module], Any]:
     """The models an algorithm uses, from their sections; a missing `reference` is a copy of the policy."""
-    sections = [s for s in algorithm.models if s != "reward" and getattr(cfg, s) is not None]
+    sections = [s for s in algorithm.card.models if s != "reward" and getattr(cfg, s) is not None]
     tokenizer = load_tokenizer(getattr(cfg, sections[0]))
     models: dict[str, nn.Module] = {}
-    for section in algorithm.models:
+    for section in algorithm.card.models:
         if section == "reward":  # the reward function (rules and frozen reward models), alignkit.rewards
             models[section] = build_reward(cfg.reward, tokenizer)
             continue
@@ -178,7 +159,7 @@ def _export(module: AlignModule, trainer: L.Trainer, run_dir: Path) -> dict[str,
     from lightning.pytorch.strategies import ModelParallelStrategy
 
     exports = {}
-    for section in module.trained:
+    for section in module.card.trained:
         model, out = getattr(module, section), run_dir / "hf" / section
         if isinstance(trainer.strategy, ModelParallelStrategy):
             from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
@@ -197,7 +178,7 @@ def _export(module: AlignModule, trainer: L.Trainer, run_dir: Path) -> dict[str,
 
 def run(cfg: Any) -> RunResult:
     """Train one validated ExperimentConfig end to end; returns where everything went."""
-    algorithm = ALGORITHMS.get(cfg.algorithm.name)
+    algorithm = ALGORITHMS.get(cfg.algorithm.name).load()
     run_dir, ckpt = resolve_run_dir(cfg)
     rank_zero = is_rank_zero()
     hw = trainer_kwargs(cfg.hardware)  # checked before anything is written
@@ -265,9 +246,9 @@ def _fit(cfg: Any, algorithm: type[AlignModule], hw: dict[str, Any], run_dir: Pa
     # An online iteration takes a rank's whole share of prompts and steps the optimizer itself (several
     # times: `updates`), so Lightning neither accumulates nor clips; step counts convert to optimizer steps.
     accumulate = 1 if online else t.prompts_per_step // (t.micro_batch_size * world)
-    updates = algorithm.updates_per_step(cfg)
+    updates = cfg.algorithm.updates_per_step()
     batch_size = t.prompts_per_step // world if online else t.micro_batch_size
-    data = AlignData(train_set, eval_set, Collator(algorithm.records, tokenizer.pad_token_id), batch_size, t.seed)
+    data = AlignData(train_set, eval_set, Collator(algorithm.card.records, tokenizer.pad_token_id), batch_size, t.seed)
     logger = TensorBoardLogger(
         save_dir=str(run_dir.parent.parent), name=run_dir.parent.name, version=run_dir.name, default_hp_metric=False
     )

@@ -17,8 +17,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from alignkit.algorithms.bandit_study import study_rows
 from alignkit.bandits.report import markdown_table
+from alignkit.bandits.study import run_study
 from alignkit.config.load import load_config
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
@@ -30,7 +30,12 @@ def timed(name: str, budgets: list[str] | None, with_logs: bool) -> float:
         cfg = cfg.model_copy(update={"budgets": budgets})
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
-        rows = study_rows(cfg, log_dir=Path(tmp) if with_logs else None)
+        log_dir = Path(tmp) if with_logs else None
+        fits = run_study(
+            cfg.env, cfg.seeds, methods=cfg.methods, n=cfg.n, m_ratio=cfg.m_ratio, budgets=cfg.budgets, beta=cfg.beta,
+            log_every=cfg.log_every, log_dir=log_dir,
+        )
+        rows = [fit.row() for fit in fits]
         seconds = time.perf_counter() - start
     fits = len(rows)
     steps = sum(r["steps"] for r in rows)

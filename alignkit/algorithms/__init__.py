@@ -1,25 +1,37 @@
-"""The algorithm registry; every algorithm is registered here by an explicit import, nowhere else."""
+"""The algorithm registry: every algorithm's card, registered here by an explicit import and nowhere else.
+
+An algorithm is two files of one name: `configs/<name>.py` (its options and card: config-only, no torch)
+and `<name>.py` (its loss and LightningModule, imported by `ALGORITHMS.get(name).load()` when a run starts).
+"""
 
 from __future__ import annotations
 
-from typing import Any
-
-from alignkit.algorithms.bandit_study import BanditStudy
-from alignkit.algorithms.base import AlgorithmConfig, AlignModule
-from alignkit.algorithms.dpo import DPO
-from alignkit.algorithms.grpo import GRPO
-from alignkit.algorithms.kto import KTO
-from alignkit.algorithms.ppo import PPO
-from alignkit.algorithms.reinforce import Reinforce
-from alignkit.algorithms.rejection_sampling import RejectionSampling
-from alignkit.algorithms.remax import ReMax
-from alignkit.algorithms.reward_model import RewardModel
-from alignkit.algorithms.sft import SFT
+from alignkit.algorithms.configs.bandit_study import BANDIT_STUDY_CARD
+from alignkit.algorithms.configs.base import AlgorithmCard, AlgorithmConfig
+from alignkit.algorithms.configs.dpo import DPO_CARD
+from alignkit.algorithms.configs.grpo import GRPO_CARD
+from alignkit.algorithms.configs.kto import KTO_CARD
+from alignkit.algorithms.configs.ppo import PPO_CARD
+from alignkit.algorithms.configs.reinforce import REINFORCE_CARD
+from alignkit.algorithms.configs.rejection_sampling import REJECTION_SAMPLING_CARD
+from alignkit.algorithms.configs.remax import REMAX_CARD
+from alignkit.algorithms.configs.reward_model import REWARD_MODEL_CARD
+from alignkit.algorithms.configs.sft import SFT_CARD
 from alignkit.registry import Registry
 
-# AlignModule subclasses train through one Trainer.fit; a study (BanditStudy) has `launch` instead
-ALGORITHMS: Registry[Any] = Registry("algorithm")
-for _algorithm in (SFT, RewardModel, DPO, KTO, PPO, GRPO, ReMax, Reinforce, RejectionSampling, BanditStudy):
-    ALGORITHMS.add(_algorithm.name, _algorithm)
+ALGORITHMS: Registry[AlgorithmCard] = Registry("algorithm")
+for _card in (
+    SFT_CARD,
+    REWARD_MODEL_CARD,
+    DPO_CARD,
+    KTO_CARD,
+    PPO_CARD,
+    GRPO_CARD,
+    REMAX_CARD,
+    REINFORCE_CARD,
+    REJECTION_SAMPLING_CARD,
+    BANDIT_STUDY_CARD,
+):
+    ALGORITHMS.add(_card.name, _card, _card.description)
 
-__all__ = ["ALGORITHMS", "AlgorithmConfig", "AlignModule"]
+__all__ = ["ALGORITHMS", "AlgorithmCard", "AlgorithmConfig"]

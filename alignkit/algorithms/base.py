@@ -9,29 +9,17 @@ import torch
 from torch import Tensor, nn
 from transformers import get_scheduler
 
-from alignkit.config.base import Spec
-
-
-class AlgorithmConfig(Spec):
-    """Base of each algorithm's config; `name` selects the algorithm (and is its registered name)."""
-
-    name: str
+from alignkit.algorithms.configs.base import AlgorithmCard
 
 
 class AlignModule(L.LightningModule):
     """A LightningModule that receives its models (it never builds them) and trains the `trained` ones.
 
-    Subclasses declare, as class attributes, what run.py must build for them, and implement
-    training_step/validation_step around a pure loss function.
+    Subclasses set `card` (alignkit/algorithms/configs/<name>.py: the options, the sections it uses and
+    trains, its data kind) and implement training_step/validation_step around a pure loss function.
     """
 
-    name: ClassVar[str]  # registered name; equals Config's `name` literal
-    Config: ClassVar[type[AlgorithmConfig]]
-    models: ClassVar[tuple[str, ...]] = ("policy",)  # model sections it uses
-    required_models: ClassVar[tuple[str, ...]] = ("policy",)  # ... of which these must be in the YAML
-    trained: ClassVar[tuple[str, ...]] = ("policy",)  # ... and these get gradients and are exported
-    records: ClassVar[str | None] = "completion"  # the record kind of its batches (alignkit.data), None = no data
-    also_loads: ClassVar[tuple[str, ...]] = ()  # other kinds it converts into `records` (see record_kind)
+    card: ClassVar[AlgorithmCard]
 
     def __init__(self, cfg: Any, models: dict[str, nn.Module], tokenizer: Any) -> None:
         super().__init__()
@@ -39,7 +27,7 @@ class AlignModule(L.LightningModule):
         self.algo = cfg.algorithm
         self.tokenizer = tokenizer
         for section, model in models.items():
-            if section not in self.trained:
+            if section not in self.card.trained:
                 model.requires_grad_(False)
             setattr(self, section, model)
         self._sharded = False
@@ -61,15 +49,10 @@ class AlignModule(L.LightningModule):
         return None
 
     @classmethod
-    def updates_per_step(cls, cfg: Any) -> int:
-        """Optimizer steps per training step: 1 here; online algorithms take several per iteration."""
-        return 1
-
-    @classmethod
     def record_kind(cls, cfg: Any) -> str | None:
         """The record kind this run loads: `records`, unless the algorithm also accepts another kind and
         converts it in prepare_datasets (KTO splits preference pairs into unpaired examples)."""
-        return cls.records
+        return cls.card.records
 
     def prepare_datasets(self, train: Any, eval_set: Any) -> tuple[Any, Any]:
         """Reshape the tokenized train/eval sets before batching (e.g. KTO's mismatched pairs); default: as is."""
@@ -77,7 +60,7 @@ class AlignModule(L.LightningModule):
 
     @property
     def frozen(self) -> list[str]:
-        return [s for s in self.models if s not in self.trained and hasattr(self, s)]
+        return [s for s in self.card.models if s not in self.card.trained and hasattr(self, s)]
 
     def train(self, mode: bool = True) -> AlignModule:
         # Lightning switches the whole system to train mode each epoch; frozen models stay in eval mode.
@@ -90,7 +73,7 @@ class AlignModule(L.LightningModule):
     def configure_optimizers(self) -> Any:
         spec = self.cfg.trainer.optimizer
         decay, no_decay = [], []
-        for section in self.trained:
+        for section in self.card.trained:
             for p in getattr(self, section).parameters():
                 if p.requires_grad:
                     # norms and biases are not decayed (the usual transformer recipe)
@@ -115,7 +98,7 @@ class AlignModule(L.LightningModule):
             return
         from alignkit.hardware import shard_fsdp2
 
-        for section in self.models:
+        for section in self.card.models:
             if hasattr(self, section):
                 shard_fsdp2(getattr(self, section), self.device_mesh, self.cfg.hardware)
         self._sharded = True

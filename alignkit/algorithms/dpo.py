@@ -3,50 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field, model_validator
 from torch import Tensor
 
 from alignkit.algorithms.base import AlignModule
-from alignkit.algorithms.reference import ReferenceConfig, fill_reference_cache, forward_logps, reference_logps
-
-LossType = Literal["sigmoid", "ipo", "hinge", "robust"]
-
-
-class DPOConfig(ReferenceConfig):
-    name: Literal["dpo"] = "dpo"
-    beta: float = Field(
-        0.1,
-        gt=0,
-        description="Strength of the KL penalty to the reference: the implicit reward is beta * log(pi/ref). "
-        "For ipo it is the regulariser tau, for hinge 1/beta is the margin.",
-    )
-    loss_type: LossType = Field(
-        "sigmoid",
-        description="sigmoid: DPO (Rafailov et al. 2023); ipo: squared loss to 1/(2 beta) (Azar et al. 2023); "
-        "hinge: SLiC-HF's max(0, 1 - beta h) (Zhao et al. 2023); robust: rDPO, unbiased under labels "
-        "flipped with probability label_smoothing (Chowdhury et al. 2024). Sequence log-probs are sums over "
-        "completion tokens for every type.",
-    )
-    label_smoothing: float = Field(
-        0.0,
-        ge=0.0,
-        lt=0.5,
-        description="Assumed probability that a pair's label is flipped: with sigmoid, conservative DPO "
-        "(Mitchell 2023); with robust, rDPO's noise rate.",
-    )
-
-    @model_validator(mode="after")
-    def _smoothing_needs_a_noise_model(self) -> DPOConfig:
-        if self.label_smoothing and self.loss_type not in ("sigmoid", "robust"):
-            raise ValueError(
-                f"label_smoothing applies to loss_type sigmoid or robust (got loss_type {self.loss_type} with "
-                f"label_smoothing {self.label_smoothing}); set label_smoothing: 0 or change loss_type"
-            )
-        return self
+from alignkit.algorithms.configs.dpo import DPO_CARD
+from alignkit.algorithms.reference import fill_reference_cache, forward_logps, reference_logps
 
 
 # Each maps h = (log pi_w - log ref_w) - (log pi_l - log ref_l), beta and the label noise eps to a loss per pair.
@@ -107,12 +71,7 @@ def dpo_loss(
 class DPO(AlignModule):
     """DPO family on prompt/chosen/rejected pairs: chosen and rejected in one forward through the policy."""
 
-    name = "dpo"
-    Config = DPOConfig
-    models = ("policy", "reference")
-    required_models = ("policy",)
-    trained = ("policy",)
-    records = "preference"
+    card = DPO_CARD
     SEQUENCES = ("chosen_", "rejected_")
 
     def on_fit_start(self) -> None:

@@ -2,31 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
-from pydantic import Field
 from torch import Tensor
 
 from alignkit.algorithms.base import AlignModule
-from alignkit.algorithms.reference import ReferenceConfig, fill_reference_cache, forward_logps, reference_logps
+from alignkit.algorithms.configs.kto import KTO_CARD
+from alignkit.algorithms.reference import fill_reference_cache, forward_logps, reference_logps
 from alignkit.data.generators import GENERATOR_KINDS
 from alignkit.data.sources import source_columns
 from alignkit.data.transforms import add_mismatched_pairs, split_pairs
-
-
-class KTOConfig(ReferenceConfig):
-    name: Literal["kto"] = "kto"
-    beta: float = Field(0.1, gt=0, description="Scale of the implicit reward log(pi/ref) inside the value function.")
-    desirable_weight: float = Field(1.0, gt=0, description="lambda_D: weight of the desirable examples' losses.")
-    undesirable_weight: float = Field(1.0, gt=0, description="lambda_U: weight of the undesirable examples' losses.")
-    data_kind: Literal["auto", "unpaired", "preference"] = Field(
-        "auto",
-        description="unpaired: prompt/completion/label rows; preference: prompt/chosen/rejected pairs, each split "
-        "into a desirable and an undesirable example; auto: preference when the training source has chosen and "
-        "rejected columns.",
-    )
 
 
 def kto_loss(
@@ -77,13 +64,7 @@ def group_metrics(policy_logps: Tensor, ref_logps: Tensor, desirable: Tensor, be
 class KTO(AlignModule):
     """KTO: the policy's log-ratio on each example against z0, a batch estimate of KL from mismatched pairs."""
 
-    name = "kto"
-    Config = KTOConfig
-    models = ("policy", "reference")
-    required_models = ("policy",)
-    trained = ("policy",)
-    records = "unpaired"
-    also_loads = ("preference",)
+    card = KTO_CARD
     SEQUENCES = ("", "kl_")  # the example, and its prompt with another row's completion
 
     @classmethod

@@ -12,45 +12,13 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 import torch
-from pydantic import Field
 from torch import Tensor
 
-from alignkit.algorithms.base import AlgorithmConfig, AlignModule
+from alignkit.algorithms.base import AlignModule
 from alignkit.ops import masked_mean, masked_sum
-from alignkit.ops.rl import Aggregation, KLKind, aggregate, clipped_policy_loss, kl_penalty
+from alignkit.ops.rl import aggregate, clipped_policy_loss, kl_penalty
 from alignkit.rewards import RewardInputs
 from alignkit.rollout import Rollout, generate, score
-
-
-class OnlineConfig(AlgorithmConfig):
-    """Sampling and update options every online algorithm has (defaults differ per algorithm)."""
-
-    samples_per_prompt: int = Field(1, ge=1, description="Responses sampled per prompt (G in GRPO).")
-    max_new_tokens: int = Field(32, ge=1, description="Most tokens in a response; a response cut here did not stop.")
-    temperature: float = Field(1.0, gt=0, description="Sampling temperature (log-probs are of the tempered policy).")
-    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling: keep the smallest token set with this mass.")
-    update_epochs: int = Field(1, ge=1, description="Passes over each iteration's samples (PPO epochs, GRPO's mu).")
-    num_minibatches: int = Field(
-        1, ge=1, description="Optimizer steps per pass: the iteration's samples split into this many minibatches."
-    )
-    kl_coef: float = Field(0.05, ge=0, description="Weight of the KL penalty to the reference (beta).")
-    kl_estimator: KLKind = Field(
-        "k1",
-        description="Per-token KL estimate (Schulman 2020): k1 = log(pi/ref); k2 = log(pi/ref)^2 / 2; "
-        "k3 = ref/pi - log(ref/pi) - 1, unbiased and never negative.",
-    )
-    clip_eps: float = Field(0.2, gt=0, description="Policy ratio clip range (Schulman et al. 2017).")
-    clip_eps_high: float | None = Field(
-        None, gt=0, description="Upper clip range if different from clip_eps (DAPO's clip-higher, Yu et al. 2025)."
-    )
-    loss_aggregation: Aggregation = Field(
-        "token_mean",
-        description="How per-token losses become one number: token_mean (every response token weighs the same), "
-        "seq_mean_token_mean (each response's mean, then the mean over responses: GRPO's paper), "
-        "seq_mean_token_sum_norm (token sums over max_new_tokens: Dr. GRPO). Over the whole optimizer step, "
-        "whatever the micro-batching and number of processes.",
-    )
-    eval_greedy: bool = Field(True, description="Evaluate held-out prompts with greedy responses (else sampled).")
 
 
 class OnlineModule(AlignModule):
@@ -60,21 +28,12 @@ class OnlineModule(AlignModule):
     `loss(exp, rows, counts)` -> (loss, metrics) for one micro-batch; both see tensors only.
     """
 
-    models: ClassVar[tuple[str, ...]] = ("policy", "reference", "reward")
-    required_models: ClassVar[tuple[str, ...]] = ("policy", "reward")
-    trained: ClassVar[tuple[str, ...]] = ("policy",)
-    records: ClassVar[str | None] = "prompt"
     needs_old_logps: ClassVar[bool] = False  # PPO needs them for its KL reward even with one update
 
     def __init__(self, cfg: Any, models: dict[str, Any], tokenizer: Any) -> None:
         super().__init__(cfg, models, tokenizer)
         self.automatic_optimization = False  # several optimizer steps per iteration (PPO epochs x minibatches)
         self.last_counts = (0, 0)  # (samples, tokens) of the last iteration on this rank, for PerfMonitor
-
-    @classmethod
-    def updates_per_step(cls, cfg: Any) -> int:
-        """Optimizer steps in one iteration; Lightning counts these, run.py converts max_steps with it."""
-        return cfg.algorithm.update_epochs * cfg.algorithm.num_minibatches
 
     # -- sampling and scoring ------------------------------------------------------------------------
     def sample(self, batch: dict[str, Any], *, greedy: bool = False, num_samples: int | None = None) -> Rollout:
@@ -121,7 +80,7 @@ class OnlineModule(AlignModule):
             "metrics": reward_metrics,
             "batch": batch,
         }
-        if self.needs_old_logps or self.updates_per_step(self.cfg) > 1:
+        if self.needs_old_logps or self.algo.updates_per_step() > 1:
             exp["old_logps"] = self.logps_of(self.policy, rollout)
         return exp
 

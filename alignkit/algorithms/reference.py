@@ -7,24 +7,11 @@ from typing import Any
 
 import torch
 from lightning.pytorch.utilities import rank_zero_info
-from pydantic import Field
 from torch import Tensor
 
-from alignkit.algorithms.base import AlgorithmConfig
 from alignkit.data.collate import concat_sequences
 from alignkit.data.loader import ShardedSampler
 from alignkit.ops import sequence_logprobs
-
-
-class ReferenceConfig(AlgorithmConfig):
-    """Options of algorithms that compare the policy with a frozen reference model."""
-
-    precompute_ref_logps: bool = Field(
-        False,
-        description="Compute the reference log-probs of every train and eval sequence once, before training, "
-        "and reuse them every epoch: no reference forward per step (the reference is frozen, so the "
-        "numbers are the same).",
-    )
 
 
 def forward_logps(model: torch.nn.Module, batch: dict[str, Tensor], prefixes: tuple[str, ...]) -> Tensor:

@@ -2,23 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import Field
-
-from alignkit.algorithms.online import OnlineConfig, OnlineModule
-
-
-class ReinforceConfig(OnlineConfig):
-    name: Literal["reinforce"] = "reinforce"
-    kl_coef: float = Field(0.05, ge=0, description="Weight of the KL to the reference in the loss.")
+from alignkit.algorithms.configs.reinforce import REINFORCE_CARD
+from alignkit.algorithms.online import OnlineModule
 
 
 class Reinforce(OnlineModule):
     """REINFORCE (Williams 1992) on whole responses: gradient r(x, y) * grad log pi(y|x), plus the KL term."""
 
-    name = "reinforce"
-    Config = ReinforceConfig
+    card = REINFORCE_CARD
 
     def advantages(self, exp: dict[str, Any]) -> None:
         exp["advantages"] = exp["scores"].clone()

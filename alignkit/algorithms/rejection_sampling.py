@@ -2,25 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 import torch
-from pydantic import Field
 from torch import Tensor
 
-from alignkit.algorithms.online import OnlineConfig, OnlineModule
+from alignkit.algorithms.configs.rejection_sampling import REJECTION_SAMPLING_CARD
+from alignkit.algorithms.online import OnlineModule
 from alignkit.ops import masked_mean
 from alignkit.ops.rl import aggregate
 from alignkit.rollout import score
-
-
-class RejectionSamplingConfig(OnlineConfig):
-    name: Literal["rejection_sampling"] = "rejection_sampling"
-    samples_per_prompt: int = Field(4, ge=2, description="K: responses drawn per prompt, of which the best is kept.")
-    threshold: float | None = Field(
-        None, description="Also drop a prompt's best response when its reward is below this (RAFT's filter)."
-    )
-    kl_coef: float = Field(0.0, ge=0, description="Not used in the loss (the SFT loss has no KL term); KL is logged.")
 
 
 def best_of_groups(scores: Tensor, k: int, threshold: float | None) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
@@ -55,8 +46,7 @@ class RejectionSampling(OnlineModule):
     """Each iteration (a round on a batch of prompts, Dong et al. 2023): sample K, keep the best by reward,
     one SFT pass on the kept responses; the next round samples from the improved policy."""
 
-    name = "rejection_sampling"
-    Config = RejectionSamplingConfig
+    card = REJECTION_SAMPLING_CARD
     needs_old_logps = True  # only for the logged KL to the reference of what was sampled
 
     def advantages(self, exp: dict[str, Any]) -> None:

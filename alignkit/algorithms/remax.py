@@ -2,26 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 import torch
-from pydantic import Field
 
-from alignkit.algorithms.online import OnlineConfig, OnlineModule
+from alignkit.algorithms.configs.remax import REMAX_CARD
+from alignkit.algorithms.online import OnlineModule
 from alignkit.ops.rl import baseline_advantages
-
-
-class ReMaxConfig(OnlineConfig):
-    name: Literal["remax"] = "remax"
-    kl_coef: float = Field(0.05, ge=0, description="Weight of the KL to the reference in the loss.")
 
 
 class ReMax(OnlineModule):
     """ReMax (Li et al. 2023): A = r(x, y) - r(x, greedy(x)); the greedy response costs one more generation
     and reward call per prompt, no value model and no extra backward."""
 
-    name = "remax"
-    Config = ReMaxConfig
+    card = REMAX_CARD
 
     def experience(self, batch: dict[str, Any]) -> dict[str, Any]:
         exp = super().experience(batch)

@@ -2,30 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch.nn.functional as F
-from pydantic import Field
 from torch import Tensor
 
-from alignkit.algorithms.base import AlgorithmConfig, AlignModule
+from alignkit.algorithms.base import AlignModule
+from alignkit.algorithms.configs.reward_model import REWARD_MODEL_CARD
 from alignkit.data.collate import concat_sequences
 from alignkit.models import sequence_scores
-
-
-class RewardModelConfig(AlgorithmConfig):
-    name: Literal["reward_model"] = "reward_model"
-    use_margin: bool = Field(
-        False,
-        description="Subtract each pair's `margin` column inside the sigmoid, as Llama 2 does for pairs rated "
-        "far apart (Touvron et al. 2023, eq. 2).",
-    )
-    center_coef: float = Field(
-        0.0,
-        ge=0,
-        description="Reward centering: add center_coef * mean((r_chosen + r_rejected)^2), which pins the "
-        "otherwise free offset of the rewards near 0 (Eisenstein et al. 2023; 0.01 is usual).",
-    )
 
 
 def bradley_terry_loss(
@@ -52,12 +35,7 @@ def bradley_terry_loss(
 class RewardModel(AlignModule):
     """Bradley-Terry reward model on prompt/chosen/rejected pairs (Llama 2 margins and centering optional)."""
 
-    name = "reward_model"
-    Config = RewardModelConfig
-    models = ("reward_model",)
-    required_models = ("reward_model",)
-    trained = ("reward_model",)
-    records = "preference"
+    card = REWARD_MODEL_CARD
 
     def step(self, batch: dict[str, Tensor], split: str) -> Tensor:
         # chosen and rejected are padded to one length by the collator: one forward over both halves

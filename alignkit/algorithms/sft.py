@@ -3,23 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Literal
 
 import torch
-from pydantic import Field
 from torch import Tensor
 
-from alignkit.algorithms.base import AlgorithmConfig, AlignModule
+from alignkit.algorithms.base import AlignModule
+from alignkit.algorithms.configs.sft import SFT_CARD
 from alignkit.ops import masked_mean, masked_sum, model_logits, token_logprobs
-
-
-class SFTConfig(AlgorithmConfig):
-    name: Literal["sft"] = "sft"
-    loss_aggregation: Literal["token_mean", "sequence_mean"] = Field(
-        "token_mean",
-        description="token_mean: every completion token in the batch weighs the same; sequence_mean: every "
-        "sequence weighs the same (its tokens averaged first).",
-    )
 
 
 def _token_mean(nll: Tensor, mask: Tensor) -> Tensor:
@@ -54,12 +44,7 @@ def sft_loss(
 class SFT(AlignModule):
     """Supervised fine-tuning on prompt/completion or chat records (loss on completion tokens only)."""
 
-    name = "sft"
-    Config = SFTConfig
-    models = ("policy",)
-    required_models = ("policy",)
-    trained = ("policy",)
-    records = "completion"
+    card = SFT_CARD
 
     def step(self, batch: dict[str, Tensor], split: str) -> Tensor:
         logits = model_logits(self.policy, batch["input_ids"], batch["attention_mask"])

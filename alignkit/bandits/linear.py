@@ -11,51 +11,21 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable, Sequence
-from typing import Literal
 
 import torch
-from pydantic import Field, model_validator
 from torch import Tensor
 
 from alignkit.bandits.losses import evaluate_policy
-from alignkit.bandits.optim import LBFGSSpec, Params, lbfgs, torch_threads
+from alignkit.bandits.optim import Params, lbfgs, torch_threads
 from alignkit.bandits.rng import generator, per_seed
-from alignkit.config.base import Spec
+from alignkit.bandits.spec import LBFGSSpec, LinearBanditSpec
 
 DTYPE = torch.float64
 
 
-class LinearBanditSpec(Spec):
-    """The linear bandit of bandits.md; evaluation by Monte Carlo (as released) or exact quadrature (d_s = 1)."""
-
-    kind: Literal["linear"] = "linear"
-    state_dim: int = Field(1, ge=1, description="d_s (released: 1)")
-    num_actions: int = Field(4, ge=2, description="K (released: 4)")
-    theta_star: tuple[float, ...] | None = Field(None, description="true reward weights; default [1, 2] per coordinate")
-    features: Literal["matched", "flip"] = Field("flip", description="policy features; released script: flip")
-    evaluation: Literal["monte_carlo", "quadrature"] = Field(
-        "monte_carlo", description="V(pi) on fresh uniform states (released) or Gauss-Legendre (d_s = 1 only)"
-    )
-    num_eval_states: int = Field(10_000, ge=1, description="Monte Carlo evaluation states per seed (released: 10,000)")
-    quadrature_panels: int = Field(
-        2000, ge=1, description="Gauss-Legendre panels on [0,1], 5 nodes each; ~1e-4 even for a deterministic policy"
-    )
-
-    @model_validator(mode="after")
-    def _check(self) -> LinearBanditSpec:
-        if self.theta_star is not None and len(self.theta_star) != 2 * self.state_dim:
-            need, got = 2 * self.state_dim, len(self.theta_star)
-            raise ValueError(f"theta_star needs 2 * state_dim = {need} entries (got {got})")
-        if self.evaluation == "quadrature" and self.state_dim != 1:
-            raise ValueError(f"evaluation 'quadrature' needs state_dim 1 (got {self.state_dim}); use 'monte_carlo'")
-        return self
-
-    @property
-    def theta_star_tensor(self) -> Tensor:
-        return torch.tensor(self.theta_star or (1.0, 2.0) * self.state_dim, dtype=DTYPE)
-
-    def build(self, seeds: Sequence[int]) -> LinearBandit:
-        return LinearBandit(self, seeds)
+def true_weights(spec: LinearBanditSpec) -> Tensor:
+    """The true reward weights: the spec's, or [1, 2] per state coordinate (bandits.md)."""
+    return torch.tensor(spec.theta_star or (1.0, 2.0) * spec.state_dim, dtype=DTYPE)
 
 
 def features(states: Tensor, num_actions: int, flip: bool = False) -> Tensor:
@@ -89,7 +59,7 @@ class LinearBandit:
     def __init__(self, spec: LinearBanditSpec, seeds: Sequence[int]) -> None:
         self.spec, self.seeds = spec, tuple(seeds)
         self.num_actions, self.state_dim = spec.num_actions, spec.state_dim
-        self.theta_star = spec.theta_star_tensor
+        self.theta_star = true_weights(spec)
         self.log_ref = torch.full((self.num_actions,), -math.log(self.num_actions), dtype=DTYPE)  # uniform
         S = len(self.seeds)
         if spec.evaluation == "quadrature":
@@ -197,7 +167,7 @@ def best_in_class(spec: LinearBanditSpec) -> tuple[Tensor, float]:
     """
     K, d, D = spec.num_actions, spec.state_dim, 2 * spec.state_dim
     flip = spec.features == "flip"
-    theta_star = spec.theta_star_tensor
+    theta_star = true_weights(spec)
 
     def phi_pi(states: Tensor) -> Tensor:
         return features(states, K, flip=flip)

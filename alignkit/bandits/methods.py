@@ -3,7 +3,7 @@
 The policy's parameters carry a leading seed dimension, so every seed of a setting trains in the same
 step. The released optimisers (AdaGrad-norm full batch for the linear bandit, AdamW minibatches for the
 neural one) and Adam step once per Lightning step; the "converged" budget (batched L-BFGS continued in
-beta, see study.optimize_converged) has data-dependent iteration counts and line searches, so it runs
+beta, see objectives.optimize_converged) has data-dependent iteration counts and line searches, so it runs
 inside a single Lightning step and logs its curve at its own iteration numbers.
 """
 
@@ -23,8 +23,10 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from alignkit.bandits.data import PreferenceData
-from alignkit.bandits.optim import AdaGradNorm, AdaGradNormSpec, AdamSpec, LBFGSSpec, Params, lbfgs
+from alignkit.bandits.objectives import optimize_converged, policy_loss
+from alignkit.bandits.optim import AdaGradNorm, Params, lbfgs
 from alignkit.bandits.reward_fit import RewardFn
+from alignkit.bandits.spec import AdaGradNormSpec, AdamSpec, LBFGSSpec
 from alignkit.registry import Registry
 
 # Lightning skips a batch that is None, so the full batch is marked by an empty index tensor.
@@ -45,8 +47,6 @@ class BanditPolicy(L.LightningModule):
         optim: AdaGradNormSpec | AdamSpec | LBFGSSpec | str,
         log_every: int = 10,
     ) -> None:
-        from alignkit.bandits.study import policy_loss
-
         super().__init__()
         self.automatic_optimization = False
         self.env, self.beta, self.optim, self.log_every = env, beta, optim, log_every
@@ -113,8 +113,6 @@ class BanditPolicy(L.LightningModule):
             self.record(self.trainer.global_step, self.params())
 
     def _solve(self) -> None:
-        from alignkit.bandits.study import optimize_converged
-
         if self.optim == "converged":
             params, self.info = optimize_converged(self.env, self.loss_for_beta, self.beta, self.log_every, self.record)
         else:

@@ -12,29 +12,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Literal
 
 import torch
-from pydantic import Field
 from torch import Tensor, nn
 
 from alignkit.bandits.losses import evaluate_policy
 from alignkit.bandits.optim import Params
 from alignkit.bandits.rng import global_seed, per_seed, stream_seed
-from alignkit.config.base import Spec
-
-
-class NeuralBanditSpec(Spec):
-    """The neural bandit of bandits.md."""
-
-    kind: Literal["neural"] = "neural"
-    state_dim: int = Field(50, ge=1, description="d_s (released: 50)")
-    num_actions: int = Field(10, ge=2, description="K one-hot actions (released: 10)")
-    hidden: int = Field(64, ge=1, description="tower and policy width (released: 64)")
-    num_eval_states: int = Field(5000, ge=1, description="evaluation states fixed at construction (released: 5,000)")
-
-    def build(self, seeds: Sequence[int]) -> NeuralBandit:
-        return NeuralBandit(self, seeds)
+from alignkit.bandits.spec import NeuralBanditSpec
 
 
 def init_linears(seeds: Sequence[int], layers: dict[str, tuple[int, int]], stream: str | None) -> Params:

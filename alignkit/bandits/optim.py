@@ -14,57 +14,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from typing import Annotated, Literal
 
 import torch
-from pydantic import Field
 from torch import Tensor
 
-from alignkit.config.base import Spec
+from alignkit.bandits.spec import AdaGradNormSpec, AdamSpec, LBFGSSpec
 
 Params = dict[str, Tensor]
 LossFn = Callable[[Params, Tensor | None], Tensor]
 LogFn = Callable[[int, Params], None]
-
-
-class AdaGradNormSpec(Spec):
-    """Full-batch gradient descent with step c / sqrt(sum of squared gradient norms so far) (bandits.md)."""
-
-    name: Literal["adagrad_norm"] = "adagrad_norm"
-    iterations: int = Field(1000, ge=0, description="full-batch steps (released: DPO 200, RMB-PO 1000)")
-    c: float = Field(1.0, gt=0, description="step scale c (released: 1)")
-
-
-class AdamSpec(Spec):
-    """Adam, full batch (batch_size None: one step per epoch) or minibatches in a fixed order."""
-
-    name: Literal["adam"] = "adam"
-    lr: float = Field(1e-3, gt=0)
-    epochs: int = Field(50, ge=0, description="passes over the items; full batch: the number of steps")
-    batch_size: int | None = Field(64, ge=1, description="items per step, fixed order; None: full batch")
-    weight_decay: float = Field(0.0, ge=0, description="L2 added to the gradient (torch.optim.Adam)")
-
-
-class AdamWSpec(AdamSpec):
-    """AdamW (decoupled weight decay, torch's default 0.01); the released neural optimiser."""
-
-    name: Literal["adamw"] = "adamw"
-    weight_decay: float = Field(0.01, ge=0, description="decoupled weight decay (torch.optim.AdamW)")
-
-
-class LBFGSSpec(Spec):
-    """Batched L-BFGS with a per-seed Armijo backtracking line search; the 'converged' budget."""
-
-    name: Literal["lbfgs"] = "lbfgs"
-    max_iterations: int = Field(3000, ge=0)
-    history: int = Field(20, ge=1, description="curvature pairs kept per seed")
-    tolerance_grad: float = Field(1e-9, gt=0, description="a seed stops when max |grad| falls below this")
-    tolerance_change: float = Field(
-        0.0, ge=0, description="a seed also stops when a step lowers its loss by less than this times max(1, |loss|)"
-    )
-
-
-OptimizerSpec = Annotated[AdaGradNormSpec | AdamSpec | AdamWSpec | LBFGSSpec, Field(discriminator="name")]
 
 
 def _per_seed_sq_norm(tensors: list[Tensor]) -> Tensor:

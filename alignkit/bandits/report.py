@@ -16,7 +16,6 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
 from matplotlib import colormaps
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -24,8 +23,8 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import NullFormatter, ScalarFormatter
 from PIL import Image
 
-from alignkit.bandits.study import METHODS
-from alignkit.bandits.study import mean_se as _mean_se_tensor
+from alignkit.bandits.spec import METHODS
+from alignkit.stats import mean_se
 
 Row = Mapping[str, Any]
 
@@ -48,11 +47,6 @@ COLORS = {"dpo": "#d62728", "rmb_po": "#1f77b4"}
 MARKERS = {"dpo": "o", "rmb_po": "s", "rmb_po_plus": "^"}
 DPI = 120
 MAX_PANELS = 6
-
-
-def mean_se(values: Sequence[float]) -> tuple[float, float]:
-    """Mean and standard error (sample std / sqrt(S); 0 for one seed) of per-seed values."""
-    return _mean_se_tensor(torch.tensor(list(values), dtype=torch.float64))
 
 
 def _budget_key(budget: str) -> tuple[int, str]:

@@ -17,7 +17,8 @@ from torch import Tensor
 from alignkit.bandits.data import PreferenceData
 from alignkit.bandits.linear import LinearBandit
 from alignkit.bandits.neural import NeuralBandit
-from alignkit.bandits.optim import AdamWSpec, Params, adam
+from alignkit.bandits.optim import Params, adam
+from alignkit.bandits.spec import AdamWSpec
 
 RewardFn = Callable[[Tensor], Tensor]  # states [S, N, d_s] -> r_hat [S, N, K]
 

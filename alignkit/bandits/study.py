@@ -1,152 +1,99 @@
-"""The bandit study runner: DPO vs RMB-PO vs RMB-PO+ for a batch of seeds, with the paper's evaluation.
+"""The bandit study runner: DPO vs RMB-PO vs RMB-PO+ over settings, every seed of a setting in one batch.
 
-`python -m alignkit.bandits.study` runs the linear study at the released budgets and prints a table.
+`python -m alignkit.bandits.study` runs the linear study at the released budgets and prints a table; a
+study declared in YAML (`algorithm: {name: bandit_study}`, alignkit/algorithms/bandit_study.py) runs the
+same `run_study` and writes its tables and figures (alignkit/bandits/report.py).
 """
 
 from __future__ import annotations
 
-import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
 
 from alignkit.bandits.data import PreferenceData, preference_data
-from alignkit.bandits.linear import LinearBandit, LinearBanditSpec, best_in_class
-from alignkit.bandits.losses import dpo_bandit_loss, rmbpo_objective
+from alignkit.bandits.linear import LinearBandit, best_in_class
 from alignkit.bandits.methods import BANDIT_METHODS, fit_policy
-from alignkit.bandits.neural import NeuralBandit, NeuralBanditSpec
-from alignkit.bandits.optim import (
-    AdaGradNormSpec,
-    AdamSpec,
-    AdamWSpec,
-    LBFGSSpec,
-    LogFn,
-    LossFn,
-    Params,
-    lbfgs,
-    torch_threads,
-)
+from alignkit.bandits.objectives import Env, build_env, released_optimizer
+from alignkit.bandits.optim import torch_threads
 from alignkit.bandits.reward_fit import RewardFn, fit_reward_model
-
-Method = Literal["dpo", "rmb_po", "rmb_po_plus"]
-METHODS: tuple[Method, ...] = ("dpo", "rmb_po", "rmb_po_plus")
-Env = LinearBandit | NeuralBandit
-EnvSpec = LinearBanditSpec | NeuralBanditSpec
-Optim = AdaGradNormSpec | AdamSpec | LBFGSSpec
+from alignkit.bandits.spec import METHODS, Budget, EnvSpec, LinearBanditSpec, Method, Optim, budget_label
+from alignkit.stats import mean_se
 
 
-def released_optimizer(env: EnvSpec | Env, method: Method) -> Optim:
-    """The released budgets (bandits.md): linear AdaGrad-norm c = 1, DPO 200 and RMB-PO(+) 1000 full-batch
-    iterations; neural AdamW lr 1e-3, batch 64, 50 epochs, fixed order."""
-    if isinstance(env, LinearBanditSpec | LinearBandit):
-        return AdaGradNormSpec(iterations=200 if method == "dpo" else 1000, c=1.0)
-    return AdamWSpec(lr=1e-3, batch_size=64, epochs=50)
+@dataclass
+class Fit:
+    """One method trained at one setting (budget, n, m) on every seed: `out` holds per-seed tensors [S]."""
+
+    budget: str
+    method: Method
+    n: int
+    m: int
+    seeds: list[int]
+    out: dict[str, Tensor]
+    wall_s: float
+
+    def row(self) -> dict[str, Any]:
+        """The result row the report reads (alignkit/bandits/report.py): per-seed lists of floats."""
+        best = self.out.get("best_in_class_gap")
+        return {
+            "budget": self.budget,
+            "method": self.method,
+            "n": self.n,
+            "m": self.m,
+            "ratio": self.m / self.n,
+            "seeds": list(self.seeds),
+            **{k: self.out[k].tolist() for k in ("gap", "value", "objective", "kl_ref")},
+            "best_in_class_gap": best.tolist() if best is not None else None,
+            "steps": int(self.out["steps"].max()),
+            "wall_s": self.wall_s,
+        }
 
 
-def converged_optimizer(env: EnvSpec | Env) -> LBFGSSpec:
-    """L-BFGS per continuation stage: to max|grad| < 1e-9 for the linear bandit (float64); the float32
-    neural bandit cannot resolve that, so 1e-5, a 1e-9 relative gain floor and 1000 steps per stage."""
-    if isinstance(env, LinearBanditSpec | LinearBandit):
-        return LBFGSSpec(max_iterations=5000, tolerance_grad=1e-9)
-    return LBFGSSpec(max_iterations=1000, tolerance_grad=1e-5, tolerance_change=1e-9)
-
-
-def continuation_betas(beta: float) -> list[float]:
-    """beta * 2^k for k = k0 .. 0, starting at the largest value <= 1 (e.g. 0.64, 0.32, ..., 0.01)."""
-    k0 = max(0, math.floor(math.log2(1.0 / beta))) if beta < 1 else 0
-    return [beta * 2**k for k in range(k0, -1, -1)]
-
-
-def optimize_converged(
-    env: Env, loss_for_beta: Callable[[float], LossFn], beta: float, log_every: int = 0, on_log: LogFn | None = None
-) -> tuple[Params, dict[str, Tensor]]:
-    """The "converged" budget: L-BFGS (`converged_optimizer`), continued in beta from about 1 down to beta.
-
-    Why the continuation: at beta = 0.01 the logits at the optimum are O(|r_hat| / beta) = O(100), and a
-    solver started at the U(0,1) init saturates the softmax on a wrong action at some training states,
-    where the gradient is exponentially small: L-BFGS then stops at a "stationary" point whose RMB-PO
-    objective is ~1e-2 worse. Halving beta per stage and scaling the logits by 2 (exact for a linear policy
-    whose optimum is theta_hat / beta) keeps every stage well conditioned.
-    """
-    betas = continuation_betas(beta)
-    params, total, info = env.init_policy(), 0, {}
-    for i, b in enumerate(betas):
-        if i:
-            params = env.scale_logits(params, betas[i - 1] / b)
-
-        def shifted(step: int, p: Params, offset: int = total, first: bool = i == 0) -> None:
-            if on_log is not None and (first or step > 0):
-                on_log(offset + step, p)
-
-        params, info = lbfgs(params, loss_for_beta(b), converged_optimizer(env), log_every, shifted)
-        total += int(info["steps"])
-    return params, {**info, "steps": torch.tensor(total)}
-
-
-def policy_loss(
-    env: Env, method: Method, data: PreferenceData, r_hat: RewardFn | None, beta: float
-) -> tuple[LossFn, int]:
-    """The per-seed training loss of a method as loss_fn(params, item index | None), and the item count.
-
-    DPO's items are the n preference pairs; RMB-PO's the n preference states; RMB-PO+'s those plus the m
-    extra states. r_hat is evaluated once on the training states. The neural RMB-PO loss takes the released
-    stop-gradient form (same gradient, see `rmbpo_objective`).
-    """
-    log_ref = env.log_ref
-    if method == "dpo":
-        feats = env.policy_features(data.states)
-
-        def dpo(params: Params, idx: Tensor | None) -> Tensor:
-            pick = slice(None) if idx is None else idx
-            logp = torch.log_softmax(env.policy_logits(params, feats[:, pick]), dim=-1)
-            a_plus, a_minus = data.a_plus[:, pick, None], data.a_minus[:, pick, None]
-            logp_plus, logp_minus = logp.gather(-1, a_plus)[..., 0], logp.gather(-1, a_minus)[..., 0]
-            ref_plus, ref_minus = log_ref[a_plus[..., 0]], log_ref[a_minus[..., 0]]
-            return dpo_bandit_loss(logp_plus, logp_minus, ref_plus, ref_minus, beta)[0]
-
-        return dpo, data.states.shape[1]
-
-    if r_hat is None:
-        raise ValueError(f"method '{method}' needs a reward model r_hat")
-    states = data.states if method == "rmb_po" else torch.cat([data.states, data.extra_states], dim=1)
-    feats, rewards = env.policy_features(states), r_hat(states).detach()
-    form = "exact" if isinstance(env, LinearBandit) else "stopgrad"
-
-    def rmb(params: Params, idx: Tensor | None) -> Tensor:
-        pick = slice(None) if idx is None else idx
-        logits = env.policy_logits(params, feats[:, pick])
-        return rmbpo_objective(logits, rewards[:, pick], log_ref, beta, form)[0]
-
-    return rmb, states.shape[1]
-
-
-def run_setting(
+def run_study(
     env: EnvSpec,
-    method: Method,
-    n: int,
-    m: int,
     seeds: Sequence[int],
-    optim: Optim | Literal["released", "converged"] = "released",
+    *,
+    methods: Sequence[Method] = METHODS,
+    n: Sequence[int] = (20,),
+    m_ratio: Sequence[float] = (0.5,),
+    budgets: Sequence[Budget] = ("released",),
     beta: float = 0.01,
     log_every: int = 10,
+    log_dir: Path | None = None,
     threads: int | None = 1,
-) -> dict[str, Tensor]:
-    """Train one method on a batch of seeds and evaluate it; every value is a per-seed tensor [S].
+) -> list[Fit]:
+    """Train every method at every (budget, n, m = round(ratio n)) on all seeds at once; one Fit each.
 
-    Keys: gap (V(pi*) - V(pi_hat)), value, optimal_value, kl_ref, objective (value - beta kl_ref, true
-    reward), steps; linear: best_in_class_gap, policy/theta [S, D], theta_norm; RMB-PO(+): the reward
-    model's entries (linear: rm/theta_hat [S, D], rm/separable, rm/converged; neural: rm/loss,
-    rm/accuracy); L-BFGS: optim/converged; and the curve trajectory/step [T], trajectory/gap [S, T]
-    (every log_every steps; log_every 0: no curve).
-    beta 0.01 as released (bandits.md). threads: torch intra-op threads while it runs (see `torch_threads`).
+    Per (budget, n) the preference data and the reward model are made once and shared by every method: D_pref
+    does not depend on m (its own random stream), so one reward model per n serves all m. DPO and RMB-PO run
+    once (m = 0; they do not use the extra states), RMB-PO+ once per m > 0. beta 0.01 as released
+    (bandits.md); log_every 0: no curve; with log_dir, TensorBoard runs under log_dir/<budget>/n<n>/<method>.
+    threads: torch intra-op threads while it runs (tiny tensors: more threads only add contention).
     """
+    fits: list[Fit] = []
     with torch_threads(threads):
-        bandit = env.build(seeds)
-        return train_method(bandit, method, preference_data(bandit, n, m), optim, beta, log_every)
+        bandit = build_env(env, seeds)
+        for budget in budgets:
+            label = budget_label(budget)
+            for size in n:
+                ms = sorted({round(r * size) for r in m_ratio if r > 0}) if "rmb_po_plus" in methods else []
+                data = {m: preference_data(bandit, size, m) for m in [0, *ms]}
+                fitted = fit_reward_model(bandit, data[0]) if set(methods) - {"dpo"} else None
+                jobs = [(method, 0) for method in methods if method != "rmb_po_plus"]
+                jobs += [("rmb_po_plus", m) for m in ms]
+                for method, m in jobs:
+                    start = time.perf_counter()
+                    name = method if method != "rmb_po_plus" else f"{method}_m{m}"
+                    where = log_dir / label / f"n{size}" if log_dir else None
+                    out = train_method(bandit, method, data[m], budget, beta, log_every, fitted, where, name)
+                    fits.append(Fit(label, method, size, m, list(seeds), out, time.perf_counter() - start))
+    return fits
 
 
 def train_method(
@@ -160,6 +107,9 @@ def train_method(
     log_dir: Path | None = None,
     name: str = "",
 ) -> dict[str, Tensor]:
+    """One method trained on one setting's data, every seed at once; per-seed results (keys: see run_study's
+    callers: gap, value, objective, kl_ref, steps, the reward model's rm/* entries, the linear bandit's
+    best_in_class_gap and policy/theta, trajectory/step and trajectory/gap when log_every > 0)."""
     if optim == "released":
         optim = released_optimizer(env, method)
     out: dict[str, Tensor] = {}
@@ -186,32 +136,6 @@ def train_method(
     return out
 
 
-def run_study(
-    env: EnvSpec,
-    n: int,
-    m: int,
-    seeds: Sequence[int],
-    methods: Sequence[Method] = METHODS,
-    optim: Optim | Literal["released", "converged"] = "released",
-    beta: float = 0.01,
-    log_every: int = 10,
-    threads: int | None = 1,
-) -> dict[str, dict[str, Tensor]]:
-    """All methods on one environment, the same data and one reward-model fit: {method: run_setting dict}."""
-    with torch_threads(threads):
-        bandit = env.build(seeds)
-        data = preference_data(bandit, n, m)
-        fitted = fit_reward_model(bandit, data) if any(mt != "dpo" for mt in methods) else None
-        return {mt: train_method(bandit, mt, data, optim, beta, log_every, fitted) for mt in methods}
-
-
-def mean_se(x: Tensor) -> tuple[float, float]:
-    """Mean and standard error over seeds."""
-    x = x.double()
-    se = float(x.std() / len(x) ** 0.5) if len(x) > 1 else 0.0
-    return float(x.mean()), se
-
-
 def _main() -> None:
     seeds = range(2021, 2031)  # released: seeds 2021..2030, n = 20, m = 0.5 n (bandits.md)
     for features in ("matched", "flip"):
@@ -221,7 +145,7 @@ def _main() -> None:
         searched = time.perf_counter() - start
         for optim in ("released", "converged"):
             start = time.perf_counter()
-            results = run_study(spec, n=20, m=10, seeds=seeds, optim=optim)
+            results = {fit.method: fit.out for fit in run_study(spec, seeds, budgets=[optim])}
             elapsed = time.perf_counter() - start
             separable = int(results["rmb_po"]["rm/separable"].sum())
             print(

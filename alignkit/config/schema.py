@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import Field, create_model, model_validator
 
+from alignkit.algorithms import ALGORITHMS
 from alignkit.config.base import Spec
 from alignkit.data.spec import DataSpec
 from alignkit.models.spec import ModelSpec
@@ -187,8 +188,6 @@ def cross_section_problems(
     Run on the validated config, and on the raw dict when some field is invalid (pydantic then skips
     model validators), so that a missing or unused section is reported together with the field errors.
     """
-    from alignkit.algorithms import ALGORITHMS
-
     if algorithm not in ALGORITHMS:
         return []
     algo = ALGORITHMS.get(algorithm)
@@ -205,7 +204,7 @@ def cross_section_problems(
         if s in present and s not in algo.models
     ]
     if algo.records is not None and "data" not in present:
-        kinds = " or ".join((algo.records, *getattr(algo, "also_loads", ())))
+        kinds = " or ".join((algo.records, *algo.also_loads))
         found.append(f"data: required by algorithm '{algo.name}', which trains on {kinds} records")
     sizes = (world, prompts_per_step, micro_batch_size)
     if all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in sizes):
@@ -243,8 +242,6 @@ def raw_cross_section_problems(data: Mapping[str, Any]) -> list[str]:
 @functools.cache
 def experiment_schema() -> type[ExperimentBase]:
     """ExperimentConfig with `algorithm` as a union of every registered algorithm's Config, tagged by `name`."""
-    from alignkit.algorithms import ALGORITHMS
-
     configs = tuple(ALGORITHMS.get(n).Config for n in ALGORITHMS.names())
     union: Any = configs[0] if len(configs) == 1 else Annotated[Union[configs], Field(discriminator="name")]  # noqa: UP007
     return create_model(

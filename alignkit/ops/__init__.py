@@ -1,33 +1,70 @@
-"""Tensor math shared by two or more algorithms."""
+"""Tensor math shared by two or more algorithms; the variant names (ops/variants.py) import without torch."""
 
-from alignkit.ops.logprobs import (
-    masked_mean,
-    masked_sum,
-    model_logits,
-    position_ids,
-    sequence_logprobs,
-    token_logprobs,
-)
-from alignkit.ops.rl import (
-    AGGREGATIONS,
-    KL_ESTIMATORS,
-    AdaptiveKLController,
-    Aggregation,
-    FixedKLController,
-    GroupScale,
-    KLKind,
-    aggregate,
-    baseline_advantages,
-    clipped_policy_loss,
-    clipped_value_loss,
-    entropy_from_logits,
-    explained_variance,
-    gae,
-    group_advantages,
-    kl_penalty,
-    token_rewards,
-    whiten,
-)
+from __future__ import annotations
+
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+from alignkit.ops.variants import Aggregation, GroupScale, KLKind
+
+# Config-only code imports alignkit.ops.variants, which runs this file: the math (torch) loads on first use.
+_LAZY = {
+    "masked_mean": "logprobs",
+    "masked_sum": "logprobs",
+    "model_logits": "logprobs",
+    "position_ids": "logprobs",
+    "sequence_logprobs": "logprobs",
+    "token_logprobs": "logprobs",
+    "AGGREGATIONS": "rl",
+    "KL_ESTIMATORS": "rl",
+    "AdaptiveKLController": "rl",
+    "FixedKLController": "rl",
+    "aggregate": "rl",
+    "baseline_advantages": "rl",
+    "clipped_policy_loss": "rl",
+    "clipped_value_loss": "rl",
+    "entropy_from_logits": "rl",
+    "explained_variance": "rl",
+    "gae": "rl",
+    "group_advantages": "rl",
+    "kl_penalty": "rl",
+    "token_rewards": "rl",
+    "whiten": "rl",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(import_module(f"alignkit.ops.{_LAZY[name]}"), name)
+    raise AttributeError(f"module 'alignkit.ops' has no attribute '{name}'")
+
+
+if TYPE_CHECKING:
+    from alignkit.ops.logprobs import (
+        masked_mean,
+        masked_sum,
+        model_logits,
+        position_ids,
+        sequence_logprobs,
+        token_logprobs,
+    )
+    from alignkit.ops.rl import (
+        AGGREGATIONS,
+        KL_ESTIMATORS,
+        AdaptiveKLController,
+        FixedKLController,
+        aggregate,
+        baseline_advantages,
+        clipped_policy_loss,
+        clipped_value_loss,
+        entropy_from_logits,
+        explained_variance,
+        gae,
+        group_advantages,
+        kl_penalty,
+        token_rewards,
+        whiten,
+    )
 
 __all__ = [
     "AGGREGATIONS",

@@ -8,17 +8,13 @@ in, tensors out, no models and no collectives (callers pass global counts where 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from alignkit.ops.logprobs import masked_mean, masked_sum
 from alignkit.registry import did_you_mean
-
-KLKind = Literal["k1", "k2", "k3"]
-Aggregation = Literal["token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm"]
-GroupScale = Literal["std", "none"]
 
 
 def _unknown(what: str, name: str, allowed: list[str] | tuple[str, ...]) -> ValueError:

@@ -16,7 +16,8 @@ from transformers import AutoModelForCausalLM, AutoModelForSequenceClassificatio
 from alignkit.algorithms import ALGORITHMS
 from alignkit.config.load import load_config, validate_dict
 from alignkit.models import build_causal_lm, build_scalar_model, load_tokenizer
-from alignkit.run import RunError, run
+from alignkit.run import run
+from alignkit.rundir import RunError
 
 # How each model section is exported and loaded back.
 HF_CLASS = {
@@ -55,8 +56,8 @@ def test_every_registered_algorithm_has_a_tiny_config() -> None:
     assert set(MINIMAL) == set(ALGORITHMS.names())
 
 
-TRAINED = [name for name in ALGORITHMS.names() if not hasattr(ALGORITHMS.get(name), "launch")]
-STUDIES = [name for name in ALGORITHMS.names() if hasattr(ALGORITHMS.get(name), "launch")]
+TRAINED = [name for name in ALGORITHMS.names() if not hasattr(ALGORITHMS.get(name).load(), "launch")]
+STUDIES = [name for name in ALGORITHMS.names() if hasattr(ALGORITHMS.get(name).load(), "launch")]
 
 
 @pytest.mark.parametrize("algorithm", STUDIES)
@@ -108,7 +109,7 @@ def test_algorithm_trains_and_writes_a_complete_run(algorithm: str, tmp_path: Pa
     assert [e.step for e in acc.Scalars("train/loss")] == [0, 1, 2]
 
     ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False, map_location="cpu")
-    assert ckpt["global_step"] == 3 * algo.updates_per_step(cfg)  # Lightning counts optimizer steps
+    assert ckpt["global_step"] == 3 * cfg.algorithm.updates_per_step()  # Lightning counts optimizer steps
 
     # every trained model is exported in Hugging Face format, equal to the final weights, and has trained
     assert set(result.exports) == set(algo.trained)

@@ -29,7 +29,7 @@ def reward_model_dir(tmp_path: Path) -> Path:
 def test_ppo_critic_starts_from_the_reward_model(tmp_path: Path) -> None:
     rm = reward_model_dir(tmp_path)
     cfg = cfg_for("ppo", tmp_path, reward={"source": {"kind": "model", "model": {"path": str(rm)}}})
-    models, _ = build_models(cfg, ALGORITHMS.get("ppo"))
+    models, _ = build_models(cfg, ALGORITHMS.get("ppo").load())
     reward_model = models["reward"].source.model
     for key, value in reward_model.state_dict().items():
         torch.testing.assert_close(models["critic"].state_dict()[key], value, msg=key)
@@ -40,7 +40,7 @@ def test_ppo_critic_starts_from_the_reward_model(tmp_path: Path) -> None:
 
 def test_ppo_critic_from_the_policy_shares_its_backbone(tmp_path: Path) -> None:
     cfg = cfg_for("ppo", tmp_path, algorithm={"critic_init": "policy"})
-    models, _ = build_models(cfg, ALGORITHMS.get("ppo"))
+    models, _ = build_models(cfg, ALGORITHMS.get("ppo").load())
     policy, critic = models["policy"].base_model.state_dict(), models["critic"].base_model.state_dict()
     assert policy.keys() == critic.keys()
     for key in policy:
@@ -76,7 +76,7 @@ def test_micro_batching_does_not_change_the_gradient(algorithm: str, tmp_path: P
     cfg = cfg_for(
         algorithm, tmp_path, algorithm={"loss_aggregation": "seq_mean_token_mean"} if algorithm == "grpo" else {}
     )
-    module_cls = ALGORITHMS.get(algorithm)
+    module_cls = ALGORITHMS.get(algorithm).load()
     models, tok = build_models(cfg, module_cls)
     module = module_cls(cfg, models, tok)
     torch.manual_seed(0)
@@ -109,7 +109,7 @@ def test_micro_batching_does_not_change_the_gradient(algorithm: str, tmp_path: P
 def test_rejection_sampling_keeps_each_prompts_best_response(tmp_path: Path) -> None:
     """Scores of 2 prompts x 3 samples: [0.1, 0.9, 0.5 | -2, -1, -3] -> rows 1 and 4; threshold 0 drops row 4."""
     cfg = cfg_for("rejection_sampling", tmp_path, algorithm={"samples_per_prompt": 3, "threshold": 0.0})
-    module_cls = ALGORITHMS.get("rejection_sampling")
+    module_cls = ALGORITHMS.get("rejection_sampling").load()
     models, tok = build_models(cfg, module_cls)
     module = module_cls(cfg, models, tok)
     exp = {"scores": torch.tensor([0.1, 0.9, 0.5, -2.0, -1.0, -3.0]), "metrics": {}}

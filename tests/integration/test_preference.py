@@ -14,7 +14,8 @@ from alignkit.algorithms import ALGORITHMS
 from alignkit.data import DataError
 from alignkit.data.generators import sentiment_pairs, sentiment_unpaired, write_jsonl
 from alignkit.models import ModelSpec, build_causal_lm, byte_tokenizer, save_hf
-from alignkit.run import RunError, run
+from alignkit.run import run
+from alignkit.rundir import RunError
 
 TINY = {"architecture": "llama", "hidden_size": 32, "num_layers": 1, "num_heads": 2}
 
@@ -43,7 +44,7 @@ def test_precomputed_reference_skips_the_reference_forward(
     algorithm: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Counted by a forward hook: reference forwards happen before training starts, and never after."""
-    module_cls = ALGORITHMS.get(algorithm)
+    module_cls = ALGORITHMS.get(algorithm).load()
     calls: list[int] = []
     original = module_cls.on_fit_start
 
@@ -84,7 +85,7 @@ def test_a_reference_with_another_vocabulary_is_refused(tmp_path: Path) -> None:
 def test_kto_reads_pairs_or_labelled_examples_from_files(rows: Any, kind: str, tmp_path: Path) -> None:
     path = write_jsonl(rows(n=24), tmp_path / "data.jsonl")
     cfg = cfg_for("kto", tmp_path / "runs", data={"train": {"path": str(path)}})
-    assert ALGORITHMS.get("kto").record_kind(cfg) == kind
+    assert ALGORITHMS.get("kto").load().record_kind(cfg) == kind
     result = run(cfg)
     assert {"train/kl/z0", "eval/rewards/accuracies"} <= set(result.metrics)
 

@@ -52,7 +52,7 @@ def test_crash_and_resume_matches_a_straight_run(
     algorithm: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     straight = run(_cfg(tmp_path / "a", algorithm=algorithm))
-    module_cls = ALGORITHMS.get(algorithm)
+    module_cls = ALGORITHMS.get(algorithm).load()
     original = module_cls.training_step
 
     def crash_after_step_4(self: Any, batch: dict, idx: int) -> torch.Tensor:

@@ -6,9 +6,11 @@ import pytest
 import torch
 
 from alignkit.bandits.data import preference_data
-from alignkit.bandits.linear import LinearBanditSpec, best_in_class, features
-from alignkit.bandits.optim import AdaGradNormSpec, LBFGSSpec, optimize, torch_threads
-from alignkit.bandits.study import policy_loss, run_study
+from alignkit.bandits.linear import best_in_class, features
+from alignkit.bandits.objectives import build_env, policy_loss
+from alignkit.bandits.optim import optimize, torch_threads
+from alignkit.bandits.spec import AdaGradNormSpec, LBFGSSpec, LinearBanditSpec
+from alignkit.bandits.study import run_study
 
 F64 = torch.float64
 
@@ -31,7 +33,7 @@ def test_exact_values_d1_k4():
     The uniform value in closed form: E cos(pi s) = 0, E sin(pi s) = 2/pi, mean 1/(a+1) = 25/48, so
     V = 2 (25/48)(2/pi) = 0.66315.
     """
-    env = LinearBanditSpec(features="matched", evaluation="quadrature").build([0])
+    env = build_env(LinearBanditSpec(features="matched", evaluation="quadrature"), [0])
     out = env.evaluate({"theta": torch.zeros(1, 2, dtype=F64)}, beta=0.01)
     assert round(out["optimal_value"].item(), 4) == 1.8634
     assert round(out["value"].item(), 4) == 0.6631
@@ -39,7 +41,7 @@ def test_exact_values_d1_k4():
 
 
 def test_monte_carlo_evaluation_is_close_to_quadrature():
-    env = LinearBanditSpec(features="flip").build([0, 1])
+    env = build_env(LinearBanditSpec(features="flip"), [0, 1])
     out = env.evaluate({"theta": torch.zeros(2, 2, dtype=F64)}, beta=0.01)
     assert torch.allclose(out["optimal_value"], torch.tensor(1.8634, dtype=F64), atol=0.03)
     assert torch.allclose(
@@ -51,7 +53,7 @@ def test_monte_carlo_evaluation_is_close_to_quadrature():
 def test_best_in_class_gap():
     """bandits.md: with flipped policy features the best policy in the class has a gap of about 0.08."""
     flip = LinearBanditSpec(features="flip", evaluation="quadrature")
-    gap = flip.build([0]).best_in_class_gap().item()
+    gap = build_env(flip, [0]).best_in_class_gap().item()
     print(f"best-in-class gap (flip, quadrature): {gap:.5f}")
     assert 0.075 < gap < 0.085
     assert best_in_class(LinearBanditSpec(features="matched", evaluation="quadrature"))[1] == pytest.approx(
@@ -63,7 +65,7 @@ def test_best_in_class_gap():
 def test_rmbpo_with_true_reward_reaches_theta_star_over_beta(spec):
     """Matched features: pi ∝ exp(phi . theta*/beta) is the exact maximiser, and it is in the class."""
     beta = 0.5
-    env = LinearBanditSpec(features="matched").build([0, 1, 2])
+    env = build_env(LinearBanditSpec(features="matched"), [0, 1, 2])
     data = preference_data(env, n=20, m=0)
     loss_fn, num_items = policy_loss(env, "rmb_po", data, env.true_rewards, beta)
     with torch_threads(1):
@@ -75,9 +77,10 @@ def test_dpo_rmbpo_rmbpo_plus_share_the_matched_optimum():
     """Matched features, same data: all three converge to theta_hat_MLE / beta (bandits.md), here at the
     released beta = 0.01 through the converged budget (L-BFGS with beta continuation)."""
     beta = 0.01
-    res = run_study(
-        LinearBanditSpec(features="matched"), n=40, m=20, seeds=[0, 1, 2], optim="converged", beta=beta, log_every=0
+    fits = run_study(
+        LinearBanditSpec(features="matched"), [0, 1, 2], n=[40], budgets=["converged"], beta=beta, log_every=0
     )
+    res = {fit.method: fit.out for fit in fits}
     target = res["rmb_po"]["rm/theta_hat"] / beta
     assert not res["rmb_po"]["rm/separable"].any()
     for method in ("dpo", "rmb_po", "rmb_po_plus"):

@@ -3,12 +3,13 @@
 import torch
 from torch import nn
 
-from alignkit.bandits.neural import NeuralBanditSpec
+from alignkit.bandits.objectives import build_env
+from alignkit.bandits.spec import NeuralBanditSpec
 
 
 def test_true_reward_is_the_default_init_two_tower_under_the_seed():
     spec = NeuralBanditSpec(state_dim=6, num_actions=3, hidden=8, num_eval_states=20)
-    env = spec.build([11, 12])
+    env = build_env(spec, [11, 12])
     states = torch.rand(2, 5, 6) * 2 - 1
     r = env.true_rewards(states)
     for i, seed in enumerate([11, 12]):
@@ -24,7 +25,7 @@ def test_true_reward_is_the_default_init_two_tower_under_the_seed():
 
 def test_policy_and_reward_model_shapes_and_init_sharing():
     spec = NeuralBanditSpec(state_dim=4, num_actions=5, hidden=8, num_eval_states=30)
-    env, again = spec.build([0, 1]), spec.build([1])
+    env, again = build_env(spec, [0, 1]), build_env(spec, [1])
     p, q = env.init_policy(), again.init_policy()
     assert all(torch.equal(p[k][1], q[k][0]) for k in p)  # a seed's init does not depend on the batch
     assert not torch.equal(p["0.weight"][0], p["0.weight"][1])

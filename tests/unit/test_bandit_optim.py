@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from alignkit.bandits.optim import AdaGradNormSpec, AdamSpec, AdamWSpec, LBFGSSpec, optimize
+from alignkit.bandits.optim import optimize
+from alignkit.bandits.spec import AdaGradNormSpec, AdamSpec, AdamWSpec, LBFGSSpec
 
 # A different ill-conditioned quadratic-plus-quartic per seed: f_s(x) = 1/2 x'A_s x - b_s'x + 1/4 sum x^4.
 GEN = torch.Generator().manual_seed(0)

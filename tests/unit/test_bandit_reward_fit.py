@@ -6,9 +6,10 @@ import pytest
 import torch
 
 from alignkit.bandits.data import PreferenceData, preference_data
-from alignkit.bandits.neural import NeuralBanditSpec
+from alignkit.bandits.objectives import build_env
 from alignkit.bandits.optim import torch_threads
 from alignkit.bandits.reward_fit import bradley_terry_loss, fit_logistic_mle, fit_neural_reward
+from alignkit.bandits.spec import NeuralBanditSpec
 
 F64 = torch.float64
 
@@ -66,7 +67,7 @@ def test_bradley_terry_loss_by_hand():
 
 def test_neural_reward_model_fits_noise_free_preferences_at_the_released_budget():
     """Labels ordered by the true reward (the noise-free limit of Bradley-Terry): 20 epochs fit them."""
-    env = NeuralBanditSpec(state_dim=5, num_actions=4, num_eval_states=10).build([0, 1])
+    env = build_env(NeuralBanditSpec(state_dim=5, num_actions=4, num_eval_states=10), [0, 1])
     data = preference_data(env, n=256, m=0)
     r = env.true_rewards(data.states)
     up = r.gather(-1, data.a_plus[..., None])[..., 0] > r.gather(-1, data.a_minus[..., None])[..., 0]

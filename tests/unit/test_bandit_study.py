@@ -5,10 +5,9 @@ import time
 import pytest
 import torch
 
-from alignkit.bandits.linear import LinearBanditSpec
-from alignkit.bandits.neural import NeuralBanditSpec
-from alignkit.bandits.optim import AdaGradNormSpec
-from alignkit.bandits.study import METHODS, mean_se, run_setting, run_study
+from alignkit.bandits.spec import METHODS, AdaGradNormSpec, LinearBanditSpec, NeuralBanditSpec
+from alignkit.bandits.study import run_study
+from alignkit.stats import mean_se
 
 CASES = [
     (LinearBanditSpec(features="flip"), AdaGradNormSpec(iterations=300)),
@@ -20,9 +19,12 @@ CASES = [
 @pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("env, optim", CASES, ids=["linear-adagrad", "linear-converged", "neural-adamw"])
 def test_seeds_together_equal_seeds_alone(env, optim, method):
-    together = run_setting(env, method, n=20, m=10, seeds=[0, 1, 2], optim=optim, log_every=50)
+    def fit(seeds: list[int]) -> dict[str, torch.Tensor]:
+        return run_study(env, seeds, methods=[method], n=[20], m_ratio=[0.5], budgets=[optim], log_every=50)[0].out
+
+    together = fit([0, 1, 2])
     for i, seed in enumerate([0, 1, 2]):
-        alone = run_setting(env, method, n=20, m=10, seeds=[seed], optim=optim, log_every=50)
+        alone = fit([seed])
         for key, value in together.items():
             if key in ("trajectory/step",) or (key == "steps" and optim == "converged"):
                 continue  # a batch runs until its slowest seed; the others are frozen meanwhile
@@ -32,7 +34,7 @@ def test_seeds_together_equal_seeds_alone(env, optim, method):
 def test_released_linear_study_timing_and_results():
     """Prints (does not assert) the cost of 3 methods x 10 seeds at the released budgets, flip, n=20, m=10."""
     start = time.perf_counter()
-    res = run_study(LinearBanditSpec(features="flip"), n=20, m=10, seeds=range(2021, 2031))
+    res = {fit.method: fit.out for fit in run_study(LinearBanditSpec(features="flip"), range(2021, 2031))}
     elapsed = time.perf_counter() - start
     print(f"\nlinear study, flip, 3 methods x 10 seeds, released budgets: {elapsed:.2f} s")
     for method, out in res.items():

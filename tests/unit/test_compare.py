@@ -9,7 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from alignkit.compare import CompareResult, CompareSpec, Point, best_of_n, mean_se, write_table
+from alignkit.compare import CompareResult, Point, best_of_n, write_table
+from alignkit.pipeline import CompareSpec
+from alignkit.stats import mean_se
 
 
 def test_best_of_n_keeps_the_reward_models_favourite_among_the_first_n() -> None:

@@ -8,8 +8,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from alignkit.algorithms.configs.sft import SFTConfig
 from alignkit.algorithms.reward_model import bradley_terry_loss
-from alignkit.algorithms.sft import AGGREGATIONS, SFTConfig, sft_loss
+from alignkit.algorithms.sft import AGGREGATIONS, sft_loss
 from alignkit.models import ARCHITECTURES, ModelSpec, build_causal_lm, byte_tokenizer
 from alignkit.ops import masked_mean, masked_sum, model_logits, position_ids, sequence_logprobs, token_logprobs
 

@@ -11,7 +11,8 @@ import math
 import pytest
 import torch
 
-from alignkit.algorithms.dpo import LOSSES, DPOConfig, dpo_loss
+from alignkit.algorithms.configs.dpo import DPOConfig
+from alignkit.algorithms.dpo import LOSSES, dpo_loss
 from alignkit.algorithms.kto import kto_loss
 
 # Two pairs. Pair 1: chosen ratio -1 - (-2) = 1, rejected ratio -3 - (-2) = -1, h = 2.

@@ -87,3 +87,11 @@ def test_algorithm_names_match_their_config_name() -> None:
         assert algo.Config.model_fields["name"].default == name
         assert set(algo.required_models) <= set(algo.models)
         assert set(algo.trained) <= set(algo.models)
+
+
+def test_every_card_loads_the_class_that_carries_it() -> None:
+    """A card names its module as text (so reading configs imports no torch); the name must resolve, and the
+    class it finds must carry that same card (its sections, data kind and options)."""
+    for name in ALGORITHMS.names():
+        card = ALGORITHMS.get(name)
+        assert card.load().card is card, name
