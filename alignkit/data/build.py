@@ -18,7 +18,7 @@ def build_datasets(
     def prepare(source: SourceSpec, key: str) -> Dataset:
         records = load_records(source, kind, spec.format, key=key)
         return tokenize_records(
-            records, kind, tokenizer, spec.max_length, spec.max_prompt_length, spec.format, source=source.name
+            records, kind, tokenizer, spec.max_length, spec.max_prompt_length, spec.format, source=source.name, key=key
         )
 
     # Tokenize before splitting so that errors give row numbers of the file, not of a shuffled split.

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
 
 from alignkit.data import DataSpec, SourceSpec, build_datasets, write_jsonl
+from alignkit.data.sources import DataError
 from alignkit.models.tokenizer import byte_tokenizer
 
 
@@ -74,3 +76,21 @@ def test_build_datasets_with_an_eval_file(tmp_path: Path) -> None:
     assert len(train) == 8 and "margin" in train.column_names
     assert len(eval_) == 3 and "margin" not in eval_.column_names
     assert build_datasets(spec.model_copy(update={"eval": None}), "preference", byte_tokenizer(), 0)[1] is None
+
+
+def test_build_datasets_says_once_how_many_long_rows_it_cut(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    rows = [{"prompt": "Q", "completion": " a"}] * 3 + [{"prompt": "Q", "completion": " " + "x" * (1 << 18)}]
+    path = write_jsonl(rows, tmp_path / "sft.jsonl")
+    spec = DataSpec(train={"path": str(path)}, max_length=64)
+    for _ in range(2):  # the second build may reuse datasets' cache of the first map: the count must survive it
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="alignkit.data.tokenization"):
+            train, _ = build_datasets(spec, "completion", byte_tokenizer(), seed=0)
+        assert max(len(ids) for ids in train["input_ids"]) == 64
+        assert [r.getMessage() for r in caplog.records] == [
+            f"data.train ({path}): 1 of 4 rows were truncated (completions from the right to max_length 64); "
+            "raise data.max_length to keep them whole"
+        ]
+    path = write_jsonl([*rows, {"prompt": "x" * 100, "completion": " a"}], tmp_path / "long_prompt.jsonl")
+    with pytest.raises(DataError, match=rf"^{path}: row 5: no completion tokens are left .* set data.max_prompt"):
+        build_datasets(spec.model_copy(update={"train": SourceSpec(path=str(path))}), "completion", byte_tokenizer(), 0)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 import torch
 from datasets import Dataset
@@ -147,3 +149,53 @@ def test_prompt_batches_pad_on_the_left_by_default() -> None:
     assert batch["prompt_attention_mask"].tolist() == [[0, 0, 1, 1], [1, 1, 1, 1]]
     assert set(batch) == {"prompt_input_ids", "prompt_attention_mask", "metadata"}
     assert batch["metadata"] == [{"prompt": "a"}, {"prompt": "abc"}]  # the rows' other columns, for rewards
+
+
+def test_every_row_cut_to_nothing_is_reported_not_just_the_first() -> None:
+    rows = [{"prompt": "ab", "completion": " c"}] + [{"prompt": "abcdefghij", "completion": " c"}] * 5
+    with pytest.raises(DataError) as err:
+        tokenize(rows, "completion", max_length=11)
+    lines = str(err.value).splitlines()
+    assert [line.split(": ")[1] for line in lines[:3]] == ["row 2", "row 3", "row 4"]
+    assert lines[0].startswith("t.jsonl: row 2: no completion tokens are left after truncation to max_length=11")
+    assert lines[3] == "(2 more bad rows)"
+
+
+def test_truncation_is_reported_once_per_source(caplog: pytest.LogCaptureFixture) -> None:
+    rows = [{"prompt": "Q", "completion": " short"}] + [{"prompt": "Q", "completion": " " + "x" * 100}] * 3
+    with caplog.at_level(logging.WARNING, logger="alignkit.data.tokenization"):
+        out = tokenize_records(Dataset.from_list(rows), "completion", TOK, 16, source="t.jsonl", key="data.train")
+    assert [len(ids) for ids in out["input_ids"]] == [9, 16, 16, 16]
+    assert set(out.column_names) == {"input_ids", "completion_mask"}
+    assert [r.getMessage() for r in caplog.records] == [
+        "data.train (t.jsonl): 3 of 4 rows were truncated (completions from the right to max_length 16); "
+        "raise data.max_length to keep them whole"
+    ]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="alignkit.data.tokenization"):
+        tokenize(rows, "completion", max_length=16, max_prompt_length=1)
+        tokenize([{"prompt": "abcdefghij"}, {"prompt": "ab"}], "prompt", max_prompt_length=4)
+        tokenize(rows[:1], "completion")
+    assert [r.getMessage() for r in caplog.records] == [
+        "t.jsonl: 4 of 4 rows were truncated (prompts from the left to max_prompt_length 1, completions from the "
+        "right to max_length 16); raise data.max_length to keep them whole",
+        "t.jsonl: 1 of 2 prompts longer than max_prompt_length 4 were cut from the left",
+    ]
+
+
+def test_a_conversation_opening_with_the_assistant_is_an_error_with_a_fix() -> None:
+    # Rendering the empty conversation before it raised transformers' "Cannot apply chat template to an empty
+    # conversation", with no fix.
+    rows = [{"messages": [{"role": "assistant", "content": "hi"}]}]
+    with pytest.raises(DataError, match=r"t\.jsonl: row 1: message 1 is an assistant turn, .* with a user or system"):
+        tokenize(rows, "completion")
+
+
+def test_a_multi_line_template_error_stays_on_its_row_line() -> None:
+    # Every line of a DataError starts with the source; a library's message broke that with its newlines.
+    tok = byte_tokenizer()
+    tok.chat_template = "{{ raise_exception('this template\nrefuses') }}"
+    ds = Dataset.from_list([{"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}])
+    with pytest.raises(DataError) as err:
+        tokenize_records(ds, "completion", tok, 64, source="t.jsonl")
+    assert str(err.value) == "t.jsonl: row 1: this template refuses"
