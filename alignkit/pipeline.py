@@ -35,8 +35,8 @@ from pydantic import Field, ValidationError
 
 from alignkit.algorithms import ALGORITHMS
 from alignkit.config.base import Spec
-from alignkit.config.errors import ConfigError, Problem, problems_from_validation
-from alignkit.config.load import prepare, read_raw, validate_dict
+from alignkit.config.errors import ConfigError, Problem, dotted, problems_from_validation, short
+from alignkit.config.load import check_numbers, prepare, read_raw, validate_dict
 from alignkit.data.spec import SourceSpec
 from alignkit.registry import did_you_mean
 from alignkit.rewards.spec import RewardSourceSpec
@@ -54,9 +54,9 @@ PENDING = "<not run yet>"
 
 def is_pipeline(path: str | Path) -> bool:
     """Whether a YAML file declares `stages:` (a pipeline) rather than one experiment."""
-    try:
-        data = yaml.safe_load(Path(path).read_text())
-    except (OSError, yaml.YAMLError):
+    try:  # bytes: PyYAML reads a UTF-16 file by its byte-order mark
+        data = yaml.safe_load(Path(path).read_bytes())
+    except (OSError, yaml.YAMLError, RecursionError):  # the loader reports what is wrong with the file
         return False
     return isinstance(data, dict) and "stages" in data
 
@@ -249,28 +249,49 @@ def _order(stages: dict[str, Stage], problems: list[Problem]) -> list[str]:
 
 def load_pipeline(path: str | Path, overrides: Sequence[str] = ()) -> Pipeline:
     """Read and check a pipeline file: every stage validates (with placeholder paths upstream) before any runs."""
-    source = str(Path(path).resolve())
     raw = read_raw(path, overrides)
+    source = str(Path(path).resolve())
     problems: list[Problem] = []
     for key in raw:
         if key not in PIPELINE_KEYS:
             problems.append(
                 Problem(
-                    str(key),
-                    f"unknown pipeline key; allowed: {', '.join(PIPELINE_KEYS)}{did_you_mean(str(key), PIPELINE_KEYS)}"
-                    "; sections shared by every stage go under `defaults:`",
+                    dotted((key,)),
+                    f"unknown pipeline key '{key}'; allowed: {', '.join(PIPELINE_KEYS)}"
+                    f"{did_you_mean(str(key), PIPELINE_KEYS)}; sections shared by every stage go under `defaults:`",
                 )
             )
-    name = str(raw.get("name") or Path(path).stem)
+    for key in ("name", "description"):
+        if raw.get(key) is not None and not isinstance(raw[key], str):
+            problems.append(Problem(key, f"should be a string (got {short(raw[key])})"))
+    name = raw["name"] if isinstance(raw.get("name"), str) and raw["name"] else Path(path).stem
     defaults = raw.get("defaults") or {}
     declared = raw.get("stages")
     if not isinstance(defaults, dict):
-        problems.append(Problem("defaults", f"should be a mapping of config sections (got {defaults!r})"))
+        problems.append(Problem("defaults", f"should be a mapping of config sections (got {short(defaults)})"))
         defaults = {}
+    if "name" in defaults:
+        problems.append(Problem("defaults.name", "not allowed in defaults: each stage's name is its key"))
+    if not isinstance(defaults.get("logging", {}), dict):
+        problems.append(Problem("defaults.logging", f"should be a mapping (got {short(defaults['logging'])})"))
+        defaults = {k: v for k, v in defaults.items() if k != "logging"}
     if not isinstance(declared, dict) or not declared:
         problems.append(Problem("stages", "should map stage names to experiment configs, e.g. `sft: {algorithm: ...}`"))
         raise ConfigError(problems, source=source)
-    root = Path(str(defaults.get("logging", {}).get("root", "runs"))) / name
+    root_dir = defaults.get("logging", {}).get("root", "runs")
+    if not isinstance(root_dir, str):
+        problems.append(Problem("defaults.logging.root", f"should be a directory name (got {short(root_dir)})"))
+    root = Path(str(root_dir)) / name
+    # validate looks for finished runs under these directories, so each must be a name the OS can look up
+    for at, text in (("name", name), ("defaults.logging.root", root_dir)):
+        if isinstance(text, str) and (
+            "\x00" in text or any(len(p.encode("utf-8", "replace")) > 200 for p in Path(text).parts)
+        ):
+            problems.append(
+                Problem(
+                    at, f"not a usable directory name (got {short(text)}): a NUL character, or a part over 200 bytes"
+                )
+            )
     stages: dict[str, Stage] = {}
     for stage_name, body in declared.items():
         where = f"stages.{stage_name}"
@@ -279,8 +300,10 @@ def load_pipeline(path: str | Path, overrides: Sequence[str] = ()) -> Pipeline:
             continue
         if stage_name == "compare":
             problems.append(Problem(where, "'compare' is reserved for `alignkit compare`'s output; rename the stage"))
-        if not str(stage_name).isidentifier():
-            problems.append(Problem(where, "a stage name must be a Python-style identifier, e.g. sft, rm, ppo_beta"))
+        if not str(stage_name).isidentifier() or len(str(stage_name).encode("utf-8", "replace")) > 200:
+            problems.append(
+                Problem(where, "a stage name must be a short Python-style identifier, e.g. sft, rm, ppo_beta")
+            )
         for key in ("name", "base"):
             if key in body:
                 problems.append(
@@ -288,6 +311,17 @@ def load_pipeline(path: str | Path, overrides: Sequence[str] = ()) -> Pipeline:
                 )
         merged = merge_defaults(defaults, {k: v for k, v in body.items() if k not in ("name", "base")})
         logging = merged.setdefault("logging", {})
+        if not isinstance(logging, dict):
+            problems.append(Problem(f"{where}.logging", f"should be a mapping (got {short(logging)})"))
+            logging = merged["logging"] = {}
+        if isinstance(body.get("logging"), dict) and "root" in body["logging"]:
+            problems.append(
+                Problem(
+                    f"{where}.logging.root",
+                    "not allowed in a stage: every stage runs under <defaults.logging.root>/<pipeline name>/; "
+                    "set defaults.logging.root",
+                )
+            )
         if logging.get("version") is not None:
             problems.append(
                 Problem(f"{where}.logging.version", "not allowed in a pipeline: stages pick and reuse their versions")
@@ -296,7 +330,7 @@ def load_pipeline(path: str | Path, overrides: Sequence[str] = ()) -> Pipeline:
         merged["name"] = str(stage_name)
         refs = stage_refs(merged)
         algo = merged.get("algorithm", {}).get("name") if isinstance(merged.get("algorithm"), dict) else None
-        trained = ALGORITHMS.get(algo).trained if algo in ALGORITHMS else ()
+        trained = ALGORITHMS.get(algo).trained if isinstance(algo, str) and algo in ALGORITHMS else ()
         stages[str(stage_name)] = Stage(
             str(stage_name), merged, [str(r[STAGE_KEY]) for _, r in refs], str(algo), tuple(trained)
         )
@@ -327,7 +361,10 @@ def load_pipeline(path: str | Path, overrides: Sequence[str] = ()) -> Pipeline:
                 )
     if problems:
         raise ConfigError(problems, source=source)
-    order = _order(stages, problems)
+    try:
+        order = _order(stages, problems)
+    except RecursionError:
+        raise ConfigError([Problem("stages", "stages read from each other in too long a chain")], source) from None
     if problems:
         raise ConfigError(problems, source=source)
     pipeline = Pipeline(
@@ -343,12 +380,15 @@ def load_pipeline(path: str | Path, overrides: Sequence[str] = ()) -> Pipeline:
         except ConfigError as err:
             problems += [Problem(f"stages.{stage.name}.{p.path}".rstrip("."), p.message) for p in err.problems]
     if raw.get("compare") is not None:
+        compare, too_big = check_numbers(raw["compare"], "compare")
+        problems += too_big
         try:
-            pipeline.compare = CompareSpec.model_validate(raw["compare"])
+            pipeline.compare = CompareSpec.model_validate(compare)
         except ValidationError as err:
-            problems += [
+            found = [
                 Problem(f"compare.{p.path}".rstrip("."), p.message) for p in problems_from_validation(err, CompareSpec)
             ]
+            problems += [p for p in found if p.path not in {t.path for t in too_big}]
         else:
             problems += [Problem(p.path, p.message) for p in pipeline.compare.problems(pipeline)]
     if problems:

@@ -35,16 +35,41 @@ class ConfigError(ValueError):
         super().__init__(f"{head}{count} in the config\n" + "\n".join(f"  - {p}" for p in problems))
 
 
+def child(path: str, key: Any) -> str:
+    """The path of `key` inside the mapping at `path`: 'trainer.seed'; an empty key shows as '' (the whole file is
+    the empty path)."""
+    key = "''" if key == "" else key
+    return f"{path}.{key}" if path else str(key)
+
+
 def dotted(loc: tuple[Any, ...]) -> str:
     out = ""
     for part in loc:
+        part = "''" if part == "" else part  # an empty key: "" alone is the whole file
         out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
     return out
 
 
-def _short(value: Any, limit: int = 60) -> str:
+def short(value: Any, limit: int = 60) -> str:
+    """A value as an error message shows it: its repr, cut to `limit` characters."""
+    if isinstance(value, int) and value.bit_length() > 190:  # past 57 digits
+        # repr of an int past 4300 digits raises ValueError (CVE-2020-10735); the digits say nothing anyway
+        digits = len(str(value)) if value.bit_length() < 14_000 else "thousands of"
+        return f"an integer of {digits} digits"
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def key_problem(path: str, key: Any) -> Problem:
+    """A mapping key that is not a string: YAML reads unquoted `1:`, `true:`, `on:` or `null:` as values."""
+    kinds = {bool: "a boolean", type(None): "null", int: "an integer", float: "a number"}
+    what = f", {kinds[type(key)]}" if type(key) in kinds else ""
+    text = "null" if key is None else str(key).lower() if isinstance(key, bool) else str(key)
+    return Problem(
+        child(path, text),
+        f"keys must be strings (got {short(key)}{what}); quote it, e.g. '{text}': ... (unquoted, YAML reads "
+        "yes, no, on, off, true, false, null, ~ and numbers as values)",
+    )
 
 
 def _is_union(annotation: Any) -> bool:
@@ -85,6 +110,10 @@ class _Where:
     last: FieldInfo | None  # the last known field on the path (`betas` for `betas[1]`)
     branch: bool  # a union-branch label was dropped (one error per branch of e.g. `int | Literal['auto']`)
     inner: type[BaseModel] | None  # the model the path ends inside (a tagged union's member, by its tag)
+    # a plain union with sections among its members (bandit budgets: 'released' or {name: adam, ...}):
+    # (len(shown) at the union's value, the union) and the member this error is about, by pydantic's label
+    union: tuple[int, Any] | None = None
+    member: str | None = None
 
 
 def _walk(root: type[BaseModel], loc: tuple[Any, ...]) -> _Where:
@@ -100,6 +129,8 @@ def _walk(root: type[BaseModel], loc: tuple[Any, ...]) -> _Where:
     last: FieldInfo | None = None
     shown: list[Any] = []
     branch = False
+    union: tuple[int, Any] | None = None
+    member: str | None = None
     i = 0
     while i < len(loc):
         key = loc[i]
@@ -110,13 +141,26 @@ def _walk(root: type[BaseModel], loc: tuple[Any, ...]) -> _Where:
             shown.append(key)
             nxt = loc[i] if i < len(loc) else None
             sub = model_in(field.annotation, tag=nxt, key=discriminator(field))
+            annotation = field.annotation
             if nxt is not None and sub is not None and model_in(field.annotation) is None:
                 i += 1  # the union tag element
-            elif nxt is not None and sub is None and isinstance(nxt, str) and _is_union(field.annotation):
+            elif (
+                isinstance(nxt, int)
+                and typing.get_origin(annotation) is list
+                and _is_union(item_type := typing.get_args(annotation)[0])
+                and model_in(item_type) is None
+            ):  # an item of a list whose items are a plain union: the item, then the branch label
+                shown.append(nxt)
+                i += 1
+                nxt, annotation, field = loc[i] if i < len(loc) else None, item_type, None
+            if nxt is not None and sub is None and isinstance(nxt, str) and _is_union(annotation):
                 i += 1  # the branch label
-                branch = True
+                sub = next((m for a in typing.get_args(annotation) if (m := model_in(a)) and m.__name__ == nxt), None)
+                branch = sub is None  # a section member's errors are about its own keys
+                if any(model_in(a) for a in typing.get_args(annotation)):
+                    union, member = (len(shown), annotation), nxt
             model = sub
-            item = _list_item(field.annotation)
+            item = _list_item(field.annotation) if field is not None else None
             if isinstance(nxt, int) and item is not None:  # an item of a list of sections (weighted_sum terms)
                 shown.append(nxt)
                 i += 1
@@ -126,7 +170,7 @@ def _walk(root: type[BaseModel], loc: tuple[Any, ...]) -> _Where:
             holder = model  # an unknown key of this model
         shown.append(key)
         field, model = None, None
-    return _Where(tuple(shown), holder, field, last, branch, model)
+    return _Where(tuple(shown), holder, field, last, branch, model, union, member)
 
 
 def _tags(annotation: Any, key: str) -> list[str]:
@@ -167,7 +211,12 @@ def describe(annotation: Any, limits: str = "") -> str:
         for key in ("name", "kind"):
             if len(tags := _tags(annotation, key)) == len(args) > 1:  # tagged: the algorithm, a reward source
                 return f"a mapping with `{key}` (one of {', '.join(tags)}) and its options"
-        parts = [describe(a, limits) for a in args if a is not type(None)]
+        sections = [a for a in args if model_in(a) is not None]
+        if len(sections) > 1 and len(tags := _tags(annotation, "name")) == len(sections):  # bandit budgets
+            values = [describe(a, limits) for a in args if a is not type(None) and model_in(a) is None]
+            parts = [*values, f"a mapping with `name` (one of {', '.join(tags)}) and its options"]
+        else:
+            parts = [describe(a, limits) for a in args if a is not type(None)]
         text = " or ".join(parts)
         return f"{text}, or null" if type(None) in args else text
     if annotation is bool:
@@ -188,8 +237,19 @@ def describe(annotation: Any, limits: str = "") -> str:
     return str(annotation).replace("typing.", "")
 
 
+def _item(where: _Where) -> Any:
+    """The annotation of a list item the path ends at (`methods[1]` of `methods: list[Literal[...]]`), or None."""
+    if where.field is None and where.last is not None and where.shown and isinstance(where.shown[-1], int):
+        args = typing.get_args(where.last.annotation)
+        if typing.get_origin(where.last.annotation) in (list, typing.Sequence) and len(args) == 1:
+            return args[0]
+    return None
+
+
 def _allowed(where: _Where) -> str:
-    return describe(where.field.annotation, bounds(where.field)) if where.field else ""
+    if where.field is not None:
+        return describe(where.field.annotation, bounds(where.field))
+    return describe(item) if (item := _item(where)) is not None else ""
 
 
 def _example(where: _Where) -> str:
@@ -220,15 +280,59 @@ def split_problems(message: str, model: type[BaseModel] | None, path: str) -> li
     return problems
 
 
+def _meant(errors: list[tuple[dict[str, Any], _Where]]) -> str | None:
+    """Which section member of a plain union the value was meant for: the one whose `name` it matches."""
+    at = errors[0][1].union[0]  # type: ignore[index]
+    sections = {w.member for _, w in errors if w.inner is not None or len(w.shown) > at}
+    wrong = {w.member for _, w in errors if len(w.shown) == at or w.shown[at] == "name"}
+    meant = sections - wrong
+    return meant.pop() if len(meant) == 1 else None
+
+
+def _unions(walked: list[tuple[dict[str, Any], _Where]]) -> dict[int, Problem | None]:
+    """pydantic tries a value on every member of a plain union that has sections among its members, and
+    reports every member's errors under its label. Keep the errors of the member whose `name` the value gives,
+    or else say once at the value what the union allows: {index of an error: the problem that replaces it, or
+    None to drop it}; errors not in it are reported as they are."""
+    groups: dict[tuple[Any, ...], list[int]] = {}
+    for n, (_, where) in enumerate(walked):
+        if where.union is not None:
+            groups.setdefault(where.shown[: where.union[0]], []).append(n)
+    out: dict[int, Problem | None] = {}
+    for at, indices in groups.items():
+        group = [walked[n] for n in indices]
+        meant = _meant(group)
+        if meant is not None:
+            out.update({n: None for n in indices if walked[n][1].member != meant})
+            continue
+        given = next((e.get("input") for e, w in group if len(w.shown) == len(at)), None)
+        annotation = group[0][1].union[1]  # type: ignore[index]
+        name = given.get("name") if isinstance(given, dict) else given  # a section's `name`, or the value
+        names = [str(v) for v in _literals(annotation)] + _tags(annotation, "name")
+        msg = f"invalid value (got {short(given)}); allowed: {describe(annotation)}{did_you_mean(str(name), names)}"
+        out.update({n: None for n in indices})
+        out[indices[0]] = Problem(dotted(at), msg)
+    return out
+
+
 def problems_from_validation(err: ValidationError, root: type[BaseModel]) -> list[Problem]:
+    walked = [(e, _walk(root, tuple(e["loc"]))) for e in err.errors(include_url=False)]
+    replaced = _unions(walked)
     problems: list[Problem] = []
-    for e in err.errors(include_url=False):
-        loc = tuple(e["loc"])
+    for n, (e, where) in enumerate(walked):
+        if n in replaced:
+            if (problem := replaced[n]) is not None and problem not in problems:
+                problems.append(problem)
+            continue
         kind = e["type"]
-        where = _walk(root, loc)
         path = dotted(where.shown)
         key = where.shown[-1] if where.shown else ""
         given = e.get("input")
+        if kind == "invalid_key":
+            problem = key_problem(dotted(where.shown[:-1]), given)
+            if problem not in problems:
+                problems.append(problem)
+            continue
         if kind == "extra_forbidden":
             allowed = sorted(where.holder.model_fields) if where.holder else []
             msg = f"unknown key '{key}'"
@@ -259,9 +363,10 @@ def problems_from_validation(err: ValidationError, root: type[BaseModel]) -> lis
                     msg += f" ({where.field.description.rstrip('.')})"
         elif kind == "literal_error" or where.branch:
             # a union (`int | Literal['auto']`) fails once per branch: one problem says what all allow
-            literals = [str(v) for v in _literals(where.field.annotation)] if where.field else []
+            annotation = where.field.annotation if where.field else _item(where)
+            literals = [str(v) for v in _literals(annotation)] if annotation is not None else []
             allowed = _allowed(where)
-            msg = f"invalid value (got {_short(given)}); allowed: {allowed}"
+            msg = f"invalid value (got {short(given)}); allowed: {allowed}"
             msg += did_you_mean(str(given), literals)
         elif kind == "value_error":
             text = e["msg"].removeprefix("Value error, ")
@@ -272,8 +377,11 @@ def problems_from_validation(err: ValidationError, root: type[BaseModel]) -> lis
             continue
         else:
             # types and bounds: pydantic's own words, the value, what the key takes and an example
-            text = e["msg"].removeprefix("Input should be ").removeprefix("Value error, ")
-            msg = f"should be {text} (got {_short(given)})"
+            text = e["msg"].removeprefix("Value error, ")
+            if text.startswith("Input should be "):
+                msg = f"should be {text.removeprefix('Input should be ')} (got {short(given)})"
+            else:  # "Unable to parse input string as an integer, exceeded maximum size"
+                msg = f"{text[:1].lower()}{text[1:]} (got {short(given)})"
             if where.field is not None:
                 msg += f"; allowed: {_allowed(where)}{_example(where)}"
             if kind == "model_type" and isinstance(given, str) and key in PRESET_KINDS:

@@ -470,3 +470,273 @@ def test_schema_has_one_algorithm_config_per_registered_algorithm() -> None:
     for name in ALGORITHMS.names():
         assert type(validate_dict(minimal(name)).algorithm) is ALGORITHMS.get(name).Config
     assert experiment_schema() is experiment_schema()  # built once
+
+
+# -- hostile input: every bad file ends in ConfigError with its path and a fix ---------------------------
+
+
+def test_a_base_section_of_another_kind_is_replaced_and_checked(write_yaml: WriteYaml) -> None:
+    """A list or scalar over the base file's mapping replaces it (omegaconf's merge raised TypeError)."""
+    write_yaml("base.yaml", SFT_YAML + "trainer: {max_steps: 3}\n")
+    for value, got in (("[1, 2]", "[1, 2]"), ("3", "3")):
+        found = load_problems(write_yaml("child.yaml", f"base: base.yaml\ntrainer: {value}\n"))
+        assert found["trainer"].startswith(f"should be a valid dictionary or instance of TrainerSpec (got {got})")
+    write_yaml("base2.yaml", SFT_YAML + "description: [a]\nhardware: {fsdp: {cpu_offload: false}}\n")
+    child = write_yaml("child2.yaml", "base: base2.yaml\ndescription: {x: 1}\nhardware: {fsdp: [1]}\n")
+    found = load_problems(child)
+    assert found["description"].startswith("should be a valid string (got {'x': 1})")
+    assert found["hardware.fsdp"].startswith("should be a valid dictionary or instance of FSDPSpec (got [1])")
+
+
+@pytest.mark.parametrize(
+    ("base", "expected"),
+    [
+        ("true", {"base": "should be a YAML file name, relative to this file (got True); e.g. `base: ../"}),
+        ("3", {"base": "should be a YAML file name, relative to this file (got 3)"}),
+        ("{a: b}", {"base": "should be a YAML file name, relative to this file (got {'a': 'b'})"}),
+        ("''", {"base": "should be a YAML file name, relative to this file (got '')"}),
+        ("[1, null]", {"base[0]": "should be a YAML file name", "base[1]": "should be a YAML file name"}),
+        ("[ok.yaml, nope.yaml, .]", {"base[1]": "config file not found: ", "base[2]": " is a directory, not a YAML"}),
+        ("binary.yaml", {"": "not UTF-8 text: byte 0x80 at line 2, column 118 (is it a binary file?)"}),
+    ],
+)
+def test_base_of_the_wrong_kind(write_yaml: WriteYaml, base: str, expected: dict[str, str]) -> None:
+    ok = write_yaml("ok.yaml", SFT_YAML)
+    (ok.parent / "binary.yaml").write_bytes(bytes(range(256)))
+    found = load_problems(write_yaml("top.yaml", f"base: {base}\n" + SFT_YAML))
+    assert found.keys() == expected.keys(), found
+    for path, start in expected.items():
+        assert start in found[path], found[path]
+
+
+def test_base_in_a_symlink_loop(write_yaml: WriteYaml) -> None:
+    top = write_yaml("top.yaml", "base: loop_a\n" + SFT_YAML)
+    (top.parent / "loop_a").symlink_to(top.parent / "loop_b")
+    (top.parent / "loop_b").symlink_to(top.parent / "loop_a")
+    assert load_problems(top)["base"].startswith("cannot look up 'loop_a'")
+
+
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        (b"\x00\x01\x02", "not text: a NUL character at line 1 (is it a binary file?)"),
+        (SFT_YAML.encode() + b"description: caf\xe9\n", "not UTF-8 text: byte 0xe9 at line 4, column 17"),
+        (b"3\n", "the file must hold a mapping of sections (got 3); e.g. `algorithm: {name: sft}`"),
+        (b"- a\n", "the file must hold a mapping of sections (got ['a'])"),
+        (b"a: [1, 2\n", "not valid YAML at line 2, column 1: did not find expected ',' or ']'"),
+        (SFT_YAML.encode() + b"algorithm: {}\n", "not valid YAML at line 4, column 1: found duplicate key algorithm"),
+        (b"? [a, b]\n: x\n", "not valid YAML at line 1, column 3: found unhashable key"),
+    ],
+)
+def test_files_that_are_not_a_yaml_mapping(write_yaml: WriteYaml, content: bytes, problem: str) -> None:
+    path = write_yaml("x.yaml", "")
+    path.write_bytes(content)
+    with pytest.raises(ConfigError) as err:
+        load_dict(path)
+    assert [p.path for p in err.value.problems] == [""]  # the whole file is the problem
+    assert err.value.problems[0].message.startswith(problem), err.value.problems[0].message
+    assert str(err.value).startswith(f"{path}: 1 problem")
+
+
+def test_a_directory_an_unreadable_file_and_unicode_encodings(
+    write_yaml: WriteYaml, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = write_yaml("x.yaml", SFT_YAML)
+    with pytest.raises(ConfigError, match=r"is a directory, not a YAML file"):
+        load_dict(path.parent)
+    path.write_bytes(SFT_YAML.encode("utf-16"))  # YAML's other encodings work by their byte-order mark
+    assert load_config(path).algorithm.name == "sft"
+    path.write_bytes(b"\xef\xbb\xbf" + SFT_YAML.encode())
+    assert load_config(path).algorithm.name == "sft"
+    path.write_text("")
+    assert "algorithm" in load_problems(path)  # an empty file is an empty config
+    # tests run as root, whom chmod 000 does not stop: fail the read itself
+    monkeypatch.setattr(
+        Path, "read_bytes", lambda self: (_ for _ in ()).throw(PermissionError(13, "Permission denied"))
+    )
+    assert load_problems(path)[""] == "cannot read the file: Permission denied; check that it is readable (chmod +r)"
+
+
+def test_anchors_aliases_and_merge_keys_work(write_yaml: WriteYaml) -> None:
+    path = write_yaml(
+        "x.yaml",
+        SFT_YAML.replace("algorithm: {name: sft}", "algorithm: &algo {name: sft}")
+        + "trainer: &t {max_steps: 5, seed: 3}\ncheckpoint: {every_n_steps: 2}\ndescription: &d text\n"
+        + "logging: {root: *d}\nhardware:\n  <<: {devices: 1}\n  accelerator: cpu\n",
+    )
+    cfg = load_config(path)
+    assert (cfg.trainer.max_steps, cfg.logging.root, cfg.hardware.accelerator) == (5, "text", "cpu")
+
+
+def test_alias_bomb_and_endless_alias_are_refused_at_once(write_yaml: WriteYaml) -> None:
+    """A billion-laughs file: 9 levels of 10 aliases each would expand to 10^9 values."""
+    levels = "a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
+        f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join(['*' + chr(97 + i)] * 10)}]\n" for i in range(8)
+    )
+    found = load_problems(write_yaml("bomb.yaml", SFT_YAML + levels))
+    (path, message), *_ = found.items()
+    assert message.startswith("the file expands to more than 10000 values (line 7, column"), message
+    assert "an alias (*name) repeats its anchor's whole value" in message and re.fullmatch(r"[a-i]\[\d\]", path)
+    assert load_problems(write_yaml("loop.yaml", SFT_YAML + "x: &a [1, *a]\n")) == {
+        "x[1]": "the alias *a is inside its own anchor &a (line 4, column 11), which makes an endless value; "
+        "write the value out instead"
+    }
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "description: " + "[" * 200 + "]" * 200,  # flow style
+        "x:\n" + "".join("  " * (i + 1) + "a:\n" for i in range(300)),  # block style
+        f"a: &a {'[' * 40}1{']' * 40}\nb: {'[' * 40}*a{']' * 40}\n",  # 80 deep once the alias is expanded
+    ],
+)
+def test_very_deep_nesting_is_refused_before_anything_recurses(write_yaml: WriteYaml, text: str) -> None:
+    found = load_problems(write_yaml("deep.yaml", SFT_YAML + text))
+    assert len(found) == 1
+    ((path, message),) = found.items()
+    assert re.match(r"nested more than 64 levels deep \(line \d+, column \d+\)", message), message
+    assert path.split(".")[0].split("[")[0] in ("description", "x", "b")
+
+
+def test_deep_or_self_referring_python_dicts_are_config_errors() -> None:
+    from alignkit.config.load import config_from_dict
+
+    deep = minimal()
+    node = deep
+    for _ in range(3000):
+        node["description"] = node = {}
+    looped = minimal()
+    looped["data"]["train"]["args"]["me"] = looped
+    for data in (deep, looped):
+        for load in (config_from_dict, validate_dict):
+            with pytest.raises(ConfigError, match="nested more than 64 levels deep"):
+                load(data)
+
+
+def test_huge_and_non_finite_numbers(write_yaml: WriteYaml) -> None:
+    path = write_yaml(
+        "x.yaml",
+        SFT_YAML
+        + f"trainer: {{max_steps: {10**400}, seed: {2**63}, prompts_per_step: {10**30}, micro_batch_size: 3}}\n"
+        + "checkpoint: {keep: -9223372036854775809}\nreward_model: {}\n",
+    )
+    found = load_problems(
+        path, "trainer.optimizer.lr=.inf", "trainer.optimizer.eps=.nan", "trainer.gradient_clip_val=1e400"
+    )
+    int64 = "allowed: -9223372036854775808 to 9223372036854775807 (int64)"
+    assert found["trainer.max_steps"] == f"integer too large (got an integer of 401 digits); {int64}"
+    assert found["trainer.seed"] == f"integer too large (got 9223372036854775808); {int64}"
+    assert found["trainer.prompts_per_step"] == f"integer too large (got {10**30}); {int64}"
+    assert found["checkpoint.keep"].startswith("integer too large (got -9223372036854775809)")
+    for key, got in (("optimizer.lr", "inf"), ("optimizer.eps", "nan"), ("gradient_clip_val", "inf")):
+        assert found[f"trainer.{key}"].startswith(f"should be a finite number (got {got}); allowed: a number > 0")
+    assert "reward_model" in found  # the other problems are still reported
+    # past Python's 4300-digit limit on reading an int, the file cannot be read on
+    path.write_text(SFT_YAML + f"trainer: {{seed: 1{'0' * 5000}}}\n")
+    assert load_problems(path) == {"trainer.seed": f"integer too large (got an integer of 5001 digits); {int64}"}
+
+
+def test_no_section_accepts_inf_or_nan() -> None:
+    """`gt=0` alone lets .inf through; every float of every section is a rate, weight, size or threshold."""
+    from alignkit.config.base import Spec
+
+    def subclasses(cls: type) -> Iterator[type]:
+        for sub in cls.__subclasses__():
+            yield sub
+            yield from subclasses(sub)
+
+    experiment_schema()  # every registered algorithm's Config is imported
+    specs = list(subclasses(Spec))
+    assert len(specs) > 20
+    assert [s.__name__ for s in specs if s.model_config.get("allow_inf_nan") is not False] == []
+
+
+@pytest.mark.parametrize(
+    ("line", "path", "message"),
+    [
+        ("1: x", "1", "keys must be strings (got 1, an integer); quote it, e.g. '1': ..."),
+        ("null: x", "null", "keys must be strings (got None, null); quote it, e.g. 'null': ..."),
+        ("trainer: {on: 1}", "trainer.true", "keys must be strings (got True, a boolean); quote it, e.g. 'true': ..."),
+        ("trainer: {1.5: x}", "trainer.1.5", "keys must be strings (got 1.5, a number)"),
+    ],
+)
+def test_keys_yaml_reads_as_numbers_booleans_or_null(write_yaml: WriteYaml, line: str, path: str, message: str) -> None:
+    assert load_problems(write_yaml("x.yaml", SFT_YAML + line + "\n"))[path].startswith(message)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        (
+            ["trainer=3", "trainer.max_steps=1"],
+            {
+                "trainer": "override 'trainer.max_steps=1' sets a key inside a value that is not a mapping (got 3, "
+                "set by override 'trainer=3'); set the whole value instead, e.g. trainer={max_steps: 1}"
+            },
+        ),
+        (
+            ["description.a.b=1"],
+            {"description": "override 'description.a.b=1' sets a key inside a value that is not a mapping (got 'd')"},
+        ),
+        (["trainer=[1]"], {"trainer": "should be a valid dictionary or instance of TrainerSpec (got [1])"}),
+        (["algorithm.name=[1, 2]"], {"algorithm.name": "unknown algorithm '[1, 2]'; allowed: bandit_study, dpo"}),
+        (["trainer.max_steps=[1"], {"trainer.max_steps": "override 'trainer.max_steps=[1': not valid YAML at line"}),
+        (["a..b=1", "=1"], {"": "override '=1' is not key=value, e.g. trainer.max_steps=10"}),
+        (
+            ["trainer.seed=\udcff"],
+            {"": "override 'trainer.seed=\\udcff' holds '\\udcff' at character 14, which is not"},
+        ),
+        (["trainer.seed=" + "[" * 70 + "]" * 70], {"trainer.seed" + "[0]" * 62: "override 'trainer.seed=[[[[[[[["}),
+    ],
+)
+def test_overrides_that_clash_with_the_file_or_do_not_parse(
+    write_yaml: WriteYaml, overrides: list[str], expected: dict[str, str]
+) -> None:
+    found = load_problems(write_yaml("x.yaml", SFT_YAML + "description: d\n"), *overrides)
+    for path, start in expected.items():
+        assert found[path].startswith(start), found
+
+
+def test_interpolations_that_do_not_parse_or_recurse(write_yaml: WriteYaml) -> None:
+    path = write_yaml("x.yaml", SFT_YAML + "description: ${a\nlogging: {root: '${logging.root}'}\n")
+    found = load_problems(path)
+    assert found["description"].startswith("invalid interpolation (got '${a'): no viable alternative at input")
+    assert found["logging.root"] == "cannot resolve '${logging.root}': Recursive interpolation detected"
+
+
+@pytest.mark.parametrize("name", ["../models/tiny-llama", "x" * 5000, "[1]", "''", ".hidden"])
+def test_preset_names_are_names_not_paths(write_yaml: WriteYaml, name: str) -> None:
+    found = load_problems(write_yaml("x.yaml", f"algorithm: {{name: sft}}\npolicy: {{preset: {name}}}\n"))
+    assert found["policy.preset"].startswith("should be a preset name (got ")
+    assert "allowed: llama-1b-like, small-llama, tiny-gpt2, tiny-llama, tiny-qwen2" in found["policy.preset"]
+
+
+def test_an_item_of_a_plain_union_is_one_problem_at_the_item() -> None:
+    """Bandit budgets are 'released', 'converged' or an optimiser section: not one problem per member."""
+    data = minimal("bandit_study")
+    data["algorithm"]["budgets"] = [3, "relased", {"name": "adamm"}, {"name": "adam", "lr": -1}]
+    data["algorithm"]["methods"] = ["dpo", "dpp"]
+    found = problems(data)
+    allowed = "allowed: released, converged or a mapping with `name` (one of adagrad_norm, adam, adamw, lbfgs)"
+    assert found["algorithm.budgets[0]"].startswith(f"invalid value (got 3); {allowed}")
+    assert found["algorithm.budgets[1]"].endswith("; did you mean 'released'?")
+    assert found["algorithm.budgets[2]"].endswith("; did you mean 'adam'?")
+    assert found["algorithm.budgets[3].lr"].startswith("should be greater than 0 (got -1)")
+    assert (
+        found["algorithm.methods[1]"]
+        == "invalid value (got 'dpp'); allowed: dpo, rmb_po, rmb_po_plus; did you mean 'dpo'?"
+    )
+    assert len(found) == 5
+
+
+@pytest.mark.parametrize(
+    "content", [bytes(range(256)), b"stages: " + b"[" * 3000 + b"]" * 3000, b"stages: {a: [1}", b"\xff\xfe\x00\x00"]
+)
+def test_cli_validate_of_a_hostile_file_is_an_error_not_a_traceback(
+    write_yaml: WriteYaml, capsys: pytest.CaptureFixture[str], content: bytes
+) -> None:
+    path = write_yaml("x.yaml", "")
+    path.write_bytes(content)
+    assert main(["validate", str(path)]) == 2
+    assert capsys.readouterr().err.startswith(f"error: {path}: 1 problem in the config\n  - ")

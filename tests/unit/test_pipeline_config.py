@@ -141,3 +141,78 @@ def test_cli_validate_and_show_a_pipeline(
     assert "# stage dpo" in shown and "max_steps: 5" in shown
     assert main(["run", str(path), "--stages", "ppo"]) == 2
     assert "--stages: unknown stage(s) ppo" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("edit", "expected"),
+    [
+        (("    name: pipe", "    name: [pipe]"), {"name": "should be a string (got ['pipe'])"}),
+        (("    name: pipe", "    name: pipe\n    description: 3"), {"description": "should be a string (got 3)"}),
+        (
+            ("    name: pipe", "    name: pipe\n    stages: [sft]"),
+            {"": "not valid YAML at line 9, column 1: found duplicate key stages"},
+        ),
+        (
+            ("logging: {root: ROOT, progress_bar: false}", "logging: [ROOT]"),
+            {"defaults.logging": "should be a mapping"},
+        ),
+        (
+            ("logging: {root: ROOT, progress_bar: false}", "logging: {root: [ROOT]}"),
+            {"defaults.logging.root": "should"},
+        ),
+        (
+            ("logging: {root: ROOT, progress_bar: false}", 'logging: {root: "a\\0b"}'),  # YAML's \0: a NUL
+            {"defaults.logging.root": "not a"},
+        ),
+        (("    name: pipe", f"    name: {'p' * 300}"), {"name": "not a usable directory name (got 'ppppppppp"}),
+        (("    defaults:\n", "    defaults:\n      name: x\n"), {"defaults.name": "not allowed in defaults: each"}),
+        (
+            ("trainer: {max_steps: 2}", "trainer: {max_steps: 2}\n        logging: 3"),
+            {"stages.dpo.logging": "should be"},
+        ),
+        (
+            ("trainer: {max_steps: 2}", "trainer: {max_steps: 2}\n        logging: {root: elsewhere}"),
+            {"stages.dpo.logging.root": "not allowed in a stage: every stage runs under <defaults.logging.root>/"},
+        ),
+        (("algorithm: {name: dpo}", "algorithm: {name: [dpo]}"), {"stages.dpo.algorithm.name": "unknown algorithm"}),
+        (("      sft:\n", f"      {'s' * 300}:\n"), {f"stages.{'s' * 300}": "a stage name must be a short Python"}),
+    ],
+)
+def test_pipeline_sections_of_the_wrong_kind(
+    write_yaml: WriteYaml, tmp_path: Path, edit: tuple[str, str], expected: dict[str, str]
+) -> None:
+    """Each of these raised AttributeError, TypeError or OSError (a name too long to look up) before."""
+    with pytest.raises(ConfigError) as err:
+        load_pipeline(pipeline_file(write_yaml, tmp_path, PIPELINE.replace(*edit, 1)))
+    found = {p.path: p.message for p in err.value.problems}
+    for path, start in expected.items():
+        assert found.get(path, "").startswith(start), found
+
+
+def test_pipeline_overrides_and_compare_numbers(write_yaml: WriteYaml, tmp_path: Path) -> None:
+    path = pipeline_file(write_yaml, tmp_path)
+    with pytest.raises(ConfigError) as err:
+        load_pipeline(path, ["stages=3", "stages.sft.trainer.seed=1"])
+    assert str(err.value).endswith(
+        "stages: override 'stages.sft.trainer.seed=1' sets a key inside a value that is not a mapping (got 3, set by "
+        "override 'stages=3'); set the whole value instead, e.g. stages={sft: {trainer: {seed: 1}}}"
+    )
+    compare = "compare: {prompts: {generator: reverse_words}, true_reward: {kind: rule, name: length_target}}"
+    path = pipeline_file(write_yaml, tmp_path, PIPELINE + "    " + compare + "\n")
+    with pytest.raises(ConfigError) as err:
+        load_pipeline(path, [f"compare.max_new_tokens={10**30}", "compare.temperature=.inf", "stages.dpo.x=1"])
+    found = {p.path: p.message for p in err.value.problems}
+    assert found["compare.max_new_tokens"].startswith(f"integer too large (got {10**30})")
+    assert found["compare.temperature"].startswith("should be a finite number (got inf)")
+    assert found["stages.dpo.x"].startswith("unknown key 'x'")
+
+
+def test_cli_validate_of_a_hostile_pipeline_is_an_error_not_a_traceback(
+    write_yaml: WriteYaml, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = pipeline_file(write_yaml, tmp_path, PIPELINE.replace("logging: {root: ROOT", 'logging: {root: "a\\0b"', 1))
+    assert main(["validate", str(path)]) == 2
+    assert "defaults.logging.root: not a usable directory name" in capsys.readouterr().err
+    path.write_bytes(path.read_bytes().replace(b"name: pipe", b"name: \xff"))
+    assert main(["validate", str(path)]) == 2
+    assert "not UTF-8 text: byte 0xff at line 2, column 7" in capsys.readouterr().err
