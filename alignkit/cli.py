@@ -141,11 +141,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         for section, path in result.exports.items():
             print(f"  {section} (Hugging Face format): {path}")
         print(f"  TensorBoard: tensorboard --logdir {result.run_dir.parent}")
+        print(f"  full log: {result.run_dir / 'train.log'}")
     return 0
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
     from alignkit.compare import run_compare
+    from alignkit.console import with_run_output
 
     if not _is_pipeline(args):
         print(
@@ -165,7 +167,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
         run_pipeline(pipeline, only=pipeline.compare.needed(pipeline), log=lambda _: None)
         return 0
-    result = run_compare(pipeline)
+    # each stage prints its own lines (a child `alignkit run`); the evaluation's library output goes to compare.log
+    result = with_run_output(run_compare)(pipeline)
     out = result.out_dir
     print("\n" + (out / "summary.md").read_text())
     print(f"comparison written to {out}/")
@@ -239,6 +242,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     warnings.filterwarnings("ignore", message=".*LeafSpec.*is deprecated.*")
     # frozen models (reference, reward) are kept in eval mode on purpose (AlignModule.train)
     warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training.*")
+    if not sys.stdout.isatty() and hasattr(sys.stdout, "reconfigure"):
+        sys.stdout.reconfigure(line_buffering=True)  # a pipe or CI log gets each line as it is printed
     p = parser()
     # overrides may also follow an option (`run pipe.yaml --stages sft trainer.seed=1`)
     args, extra = p.parse_known_args(argv)

@@ -32,6 +32,7 @@ class AlignModule(L.LightningModule):
             setattr(self, section, model)
         self._sharded = False
         self.last_eval_step = -1
+        self.step_metrics: dict[str, Tensor | float] | None = None
 
     def on_validation_epoch_end(self) -> None:
         self.last_eval_step = self.global_step
@@ -118,6 +119,8 @@ class AlignModule(L.LightningModule):
     def log_split(self, split: str, metrics: dict[str, Tensor | float], batch_size: int) -> None:
         """Log `<split>/<name>` tags: per step for train, averaged over the epoch (all ranks) for eval."""
         step = split == "train"
+        if step:
+            self.step_metrics = metrics  # the batch's train metrics, for the progress lines (alignkit.console)
         if step and not self.automatic_optimization:
             self._log_iteration(metrics, batch_size)
             return

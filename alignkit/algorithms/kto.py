@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import torch
-from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
 from alignkit.algorithms.base import AlignModule
@@ -14,6 +14,8 @@ from alignkit.algorithms.reference import fill_reference_cache, forward_logps, r
 from alignkit.data.generators import GENERATOR_KINDS
 from alignkit.data.sources import source_columns
 from alignkit.data.transforms import add_mismatched_pairs, split_pairs
+
+log = logging.getLogger(__name__)
 
 
 def kto_loss(
@@ -91,13 +93,13 @@ class KTO(AlignModule):
         n_d = sum(labels)
         n_u = len(labels) - n_d
         if n_d == 0 or n_u == 0:
-            rank_zero_warn(f"KTO training data has {n_d} desirable and {n_u} undesirable examples; it needs both")
+            log.warning(f"KTO training data has {n_d} desirable and {n_u} undesirable examples; it needs both")
             return
         # Ethayarajh et al. 2024, sec. 4.2: lambda_D n_D / (lambda_U n_U) should lie in [1, 4/3]
         ratio = self.algo.desirable_weight * n_d / (self.algo.undesirable_weight * n_u)
         if not 1 <= ratio <= 4 / 3:
             lo, hi = n_u / n_d * self.algo.undesirable_weight, 4 / 3 * n_u / n_d * self.algo.undesirable_weight
-            rank_zero_warn(
+            log.warning(
                 f"KTO: desirable_weight * n_desirable / (undesirable_weight * n_undesirable) = {ratio:.2f} with "
                 f"{n_d} desirable and {n_u} undesirable examples; the paper recommends 1 to 4/3, i.e. "
                 f"desirable_weight between {lo:.2f} and {hi:.2f}"

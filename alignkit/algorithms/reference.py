@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
 import torch
-from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 
 from alignkit.data.collate import concat_sequences
 from alignkit.data.loader import ShardedSampler
 from alignkit.ops import sequence_logprobs
+
+log = logging.getLogger(__name__)
 
 
 def forward_logps(model: torch.nn.Module, batch: dict[str, Tensor], prefixes: tuple[str, ...]) -> Tensor:
@@ -59,7 +61,7 @@ def precompute_reference_logps(module: Any, prefixes: tuple[str, ...]) -> dict[s
         table = torch.full((len(dataset), len(prefixes)), float("nan"))
         table[index.cpu()] = value.cpu()
         cache[split] = table
-    rank_zero_info(
+    log.info(
         f"reference log-probs of {sum(len(t) for t in cache.values())} rows precomputed in "
         f"{time.perf_counter() - start:.1f} s"
     )

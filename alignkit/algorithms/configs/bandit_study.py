@@ -47,4 +47,5 @@ BANDIT_STUDY_CARD = AlgorithmCard(
     required_models=(),
     trained=(),
     records=None,
+    progress=(),  # its own tables, printed per setting (alignkit/bandits/study.py)
 )

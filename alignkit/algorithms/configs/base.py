@@ -36,7 +36,8 @@ class ReferenceConfig(AlgorithmConfig):
 class AlgorithmCard:
     """An algorithm as the config layer sees it: its options, the sections and data it needs, where it lives.
 
-    Validation (a missing or unused section, the data kind), `alignkit list` and pipelines read the card;
+    Validation (a missing or unused section, the data kind), `alignkit list`, pipelines and the progress lines
+    of a run (alignkit/console.py) read the card;
     `load()` imports the algorithm's module, which holds its loss and its LightningModule (or study runner).
     """
 
@@ -49,6 +50,8 @@ class AlgorithmCard:
     trained: tuple[str, ...] = ("policy",)  # ... and these get gradients and are exported
     records: str | None = "completion"  # the record kind of its batches (alignkit.data), None = no data
     also_loads: tuple[str, ...] = ()  # other kinds it converts into `records` (KTO splits pairs)
+    # train metrics (tags without `train/`) on each progress line of `alignkit run`, and eval ones where logged
+    progress: tuple[str, ...] = ("loss",)
 
     def load(self) -> Any:
         """The algorithm's class (an AlignModule subclass, or a study with `launch`)."""

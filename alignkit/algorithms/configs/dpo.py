@@ -51,4 +51,5 @@ DPO_CARD = AlgorithmCard(
     description="DPO family on prompt/chosen/rejected pairs: chosen and rejected in one forward through the policy.",
     models=("policy", "reference"),
     records="preference",
+    progress=("loss", "rewards/accuracies", "rewards/margins"),
 )

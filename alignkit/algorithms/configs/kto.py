@@ -31,4 +31,5 @@ KTO_CARD = AlgorithmCard(
     models=("policy", "reference"),
     records="unpaired",
     also_loads=("preference",),
+    progress=("loss", "rewards/margins", "kl/z0"),
 )

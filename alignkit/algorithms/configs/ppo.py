@@ -56,4 +56,5 @@ PPO_CARD = online_card(
     "rewards.",
     models=("policy", "reference", "critic", "reward"),
     trained=("policy", "critic"),
+    progress=("reward/mean", "kl/ref", "response/length", "value/loss"),
 )

@@ -23,4 +23,5 @@ REJECTION_SAMPLING_CARD = online_card(
     Config=RejectionSamplingConfig,
     module="alignkit.algorithms.rejection_sampling:RejectionSampling",
     description="Rejection sampling fine-tuning (RAFT, Llama 2): sample K per prompt, SFT on the best by reward.",
+    progress=("reward/mean", "reward/best_mean", "kl/ref", "response/length"),
 )

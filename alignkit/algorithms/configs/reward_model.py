@@ -33,4 +33,5 @@ REWARD_MODEL_CARD = AlgorithmCard(
     required_models=("reward_model",),
     trained=("reward_model",),
     records="preference",
+    progress=("loss", "rewards/accuracies", "rewards/margins"),
 )

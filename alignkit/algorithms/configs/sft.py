@@ -24,4 +24,5 @@ SFT_CARD = AlgorithmCard(
     module="alignkit.algorithms.sft:SFT",
     description="Supervised fine-tuning on prompt/completion or chat records (loss on completion tokens only).",
     records="completion",
+    progress=("loss", "ppl"),
 )
