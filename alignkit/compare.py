@@ -179,7 +179,7 @@ def _load_policy_weights(model: Any, ckpt: Path) -> Any:
 
     import torch
 
-    state = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
     weights = {k.removeprefix("policy."): v for k, v in state.items() if k.startswith("policy.")}
     out = copy.deepcopy(model)
     out.load_state_dict(weights)
@@ -197,6 +197,7 @@ def run_compare(pipeline: Pipeline, log: Callable[[str], None] = print) -> Compa
     import torch
     from torch.utils.tensorboard import SummaryWriter
 
+    from alignkit.console import open_log_file
     from alignkit.models import ModelSpec, build_causal_lm, load_tokenizer
     from alignkit.rewards.sources import build_source
     from alignkit.rewards.spec import ModelSourceSpec
@@ -207,6 +208,7 @@ def run_compare(pipeline: Pipeline, log: Callable[[str], None] = print) -> Compa
     runs = run_pipeline(pipeline, only=spec.needed(pipeline), log=log)
     out = next_version(pipeline.root / COMPARE_DIR)
     out.mkdir(parents=True)
+    open_log_file(out, name="compare.log")  # the evaluation's library logs, under `with_run_output` (the CLI)
     result = CompareResult(out)
 
     baseline_path = runs[spec.baseline] / "hf" / "policy"

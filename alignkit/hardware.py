@@ -21,7 +21,9 @@ def _device_count(hw: HardwareSpec) -> int:
 
 def trainer_kwargs(hw: HardwareSpec) -> dict[str, Any]:
     """accelerator, devices, num_nodes, strategy and precision for `lightning.Trainer`."""
-    from lightning.pytorch.strategies import DDPStrategy, ModelParallelStrategy
+    from lightning.pytorch.strategies import DDPStrategy
+
+    from alignkit.checkpoints import AtomicModelParallelStrategy
 
     accelerator = "gpu" if hw.accelerator == "cuda" else hw.accelerator
     devices = _device_count(hw)
@@ -33,7 +35,7 @@ def trainer_kwargs(hw: HardwareSpec) -> dict[str, Any]:
             msg = "moves sharded parameters from GPU to CPU memory, and no GPU is available here; set it to false"
             raise ConfigError([Problem("hardware.fsdp.cpu_offload", msg)])
         # Pure data parallel sharding: one mesh dimension over all processes, no tensor parallelism.
-        strategy = ModelParallelStrategy(
+        strategy = AtomicModelParallelStrategy(
             data_parallel_size=devices * hw.num_nodes, tensor_parallel_size=1, save_distributed_checkpoint=True
         )
     return {

@@ -25,6 +25,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -142,7 +143,7 @@ class CompareSpec(Spec):
         True, description="Also evaluate each compared run's saved step checkpoints: a curve per method."
     )
     micro_batch_size: int = Field(32, ge=1, description="Prompts per generation batch.")
-    seed: int = Field(1234, description="Sampling seed; every policy answers with the same seed.")
+    seed: int = Field(1234, ge=0, le=2**32 - 1, description="Sampling seed; every policy answers with the same seed.")
 
     def problems(self, pipeline: Any) -> list[Problem]:
         """Stage names that do not exist or do not hold what this section needs."""
@@ -421,22 +422,36 @@ def find_run(stage: Stage, config: Any) -> tuple[str, Path | None]:
         exports = all((run / "hf" / s).is_dir() for s in stage.trained) or not config.checkpoint.export_hf
         if status == "finished" and exports:
             return "reuse", run
-        last = run / "checkpoints" / "last.ckpt"
-        if status != "finished" and last.exists():
-            return "resume", last
+        # `alignkit run` resumes from last.ckpt, or from the newest step checkpoint that reads intact
+        checkpoints = run / "checkpoints"
+        if status != "finished" and ((checkpoints / "last.ckpt").exists() or any(checkpoints.glob("step*.ckpt"))):
+            return "resume", checkpoints / "last.ckpt"
     return "new", None
 
 
-def _run_stage(config: Any) -> None:
-    """`alignkit run` of one resolved stage config in a child process."""
+def _run_stage(config: Any, log: Callable[[str], None] = print) -> None:
+    """`alignkit run` of one resolved stage config in a child process; its output goes to `log`, indented
+    under the stage's line (warnings and errors too: stderr is merged, in order)."""
+    last = ""
     with tempfile.TemporaryDirectory(prefix="alignkit-stage-") as tmp:
         file = Path(tmp) / f"{config.name}.yaml"
         file.write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
         cmd = [sys.executable, "-m", "alignkit", "run", str(file)]
-        code = subprocess.call(cmd, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        with subprocess.Popen(
+            cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace"
+        ) as child:
+            assert child.stdout is not None
+            for line in child.stdout:
+                if line.strip():
+                    log(f"  {line.rstrip()}")
+                    last = line.strip()
+        code = child.returncode
     if code != 0:
+        said = f": {last[:300]}" if last else ""  # the error's last line, also when `log` prints nothing
         raise RunError(
-            f"stage '{config.name}' failed (exit code {code}); its run is under {config.logging.root}/{config.name}/. "
+            f"stage '{config.name}' failed (exit code {code}{said}); its run is under "
+            f"{config.logging.root}/{config.name}/. "
             "Fix the cause and run the pipeline again: finished stages are reused and this one resumes from its "
             "last checkpoint."
         )
@@ -483,9 +498,11 @@ def run_pipeline(
             )
         else:
             log(f"[{pipeline.name}] stage {name}: running {stage.algorithm}")
-        _run_stage(config)
+        started = time.perf_counter()
+        _run_stage(config, log)
         action, found = find_run(stage, config)
         if action != "reuse" or found is None:
             raise RunError(f"stage '{name}' exited cleanly but left no finished run under {stage.root}")
+        log(f"[{pipeline.name}] stage {name}: finished in {time.perf_counter() - started:.0f}s: {found}")
         pipeline.runs[name] = found
     return dict(pipeline.runs)

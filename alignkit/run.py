@@ -21,7 +21,9 @@ from torch import nn
 
 from alignkit.algorithms import ALGORITHMS
 from alignkit.algorithms.base import AlignModule
-from alignkit.callbacks import PerfMonitor, SaveOnException, process_peak_memory
+from alignkit.callbacks import PerfMonitor, RandomState, SaveOnException, process_peak_memory
+from alignkit.checkpoints import LAST, AtomicCheckpointIO, checkpoint_problem, pick_checkpoint, remove_stale_temporaries
+from alignkit.console import ProgressLines, open_log_file, with_run_output
 from alignkit.data import Collator, build_datasets
 from alignkit.data.loader import ResumableLoader, ShardedSampler
 from alignkit.hardware import trainer_kwargs
@@ -51,16 +53,26 @@ def resolve_run_dir(cfg: Any) -> tuple[Path, Path | None]:
     root = Path(cfg.logging.root) / cfg.name
     resume = cfg.checkpoint.resume
     if resume == "auto":
+        # the newest unfinished run with a checkpoint that passes the checks (a bad one is skipped, with a warning)
         for run in reversed(versions(root)):
-            last = run / "checkpoints" / "last.ckpt"
-            if last.exists() and read_status(run) != "finished":
-                return run, last
+            if read_status(run) != "finished" and (found := pick_checkpoint(run / "checkpoints")) is not None:
+                return run, found
     elif resume != "none":
         ckpt = Path(resume)
-        if not ckpt.exists():
+        if not ckpt.exists() and ckpt.name != LAST:
             raise RunError(f"checkpoint.resume: {ckpt} does not exist; give a .ckpt path, 'auto' or 'none'")
-        if ckpt.parent.name == "checkpoints" and read_status(ckpt.parent.parent) != "finished":
-            return ckpt.parent.parent, ckpt
+        run = ckpt.parent.parent
+        if ckpt.parent.name == "checkpoints" and read_status(run) != "finished":
+            # continuing an unfinished run in place: its newest trustworthy checkpoint from `ckpt` down
+            found = pick_checkpoint(ckpt.parent, first=ckpt)
+            if found is None:
+                raise RunError(
+                    f"checkpoint.resume: neither {ckpt} nor an earlier checkpoint of {run} can be read intact; "
+                    "start afresh with checkpoint.resume=none"
+                )
+            return run, found
+        if (problem := checkpoint_problem(ckpt)) is not None:
+            raise RunError(f"checkpoint.resume: {ckpt} is {problem}; give another checkpoint, 'auto' or 'none'")
         return _new_run_dir(cfg, root), ckpt
     return _new_run_dir(cfg, root), None
 
@@ -104,10 +116,15 @@ def environment() -> dict[str, Any]:
     }
 
 
-def build_models(cfg: Any, algorithm: type[AlignModule]) -> tuple[dict[str, nn.Module], Any]:
-    """The models an algorithm uses, from their sections; a missing `reference` is a copy of the policy."""
+def run_tokenizer(cfg: Any, algorithm: type[AlignModule]) -> Any:
+    """The tokenizer of the run: that of its first model section (the policy, or the reward model it trains)."""
     sections = [s for s in algorithm.card.models if s != "reward" and getattr(cfg, s) is not None]
-    tokenizer = load_tokenizer(getattr(cfg, sections[0]))
+    return load_tokenizer(getattr(cfg, sections[0]))
+
+
+def build_models(cfg: Any, algorithm: type[AlignModule], tokenizer: Any = None) -> tuple[dict[str, nn.Module], Any]:
+    """The models an algorithm uses, from their sections; a missing `reference` is a copy of the policy."""
+    tokenizer = tokenizer if tokenizer is not None else run_tokenizer(cfg, algorithm)
     models: dict[str, nn.Module] = {}
     for section in algorithm.card.models:
         if section == "reward":  # the reward function (rules and frozen reward models), alignkit.rewards
@@ -176,15 +193,23 @@ def _export(module: AlignModule, trainer: L.Trainer, run_dir: Path) -> dict[str,
     return exports
 
 
+@with_run_output  # alignkit's lines on the terminal, everything in <run>/train.log (alignkit/console.py)
 def run(cfg: Any) -> RunResult:
     """Train one validated ExperimentConfig end to end; returns where everything went."""
     algorithm = ALGORITHMS.get(cfg.algorithm.name).load()
     run_dir, ckpt = resolve_run_dir(cfg)
     rank_zero = is_rank_zero()
     hw = trainer_kwargs(cfg.hardware)  # checked before anything is written
+    launch = getattr(algorithm, "launch", None)  # a study: many small fits of its own (algorithms/bandit_study.py)
+    # The data is read, checked row by row and tokenized before anything is written: a bad file or row
+    # stops the run here, with its path and row number, and leaves no run directory behind.
+    loaded = None if launch is not None else _load_data(cfg, algorithm)
     started = time.time()
     if rank_zero:
         run_dir.mkdir(parents=True, exist_ok=True)
+        open_log_file(run_dir)  # with what was logged before the directory existed
+        if ckpt is not None:
+            remove_stale_temporaries(run_dir / "checkpoints")
         resolved = yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
         name = (
             "config.yaml"
@@ -197,11 +222,11 @@ def run(cfg: Any) -> RunResult:
         os.environ[_ENV_RUN_DIR] = str(run_dir)
         os.environ[_ENV_CKPT] = str(ckpt) if ckpt else ""
     try:
-        launch = getattr(algorithm, "launch", None)
-        if launch is not None:  # a study: many small fits of its own (alignkit/algorithms/bandit_study.py)
+        if launch is not None:
             result = RunResult(run_dir=run_dir, exports={}, metrics=launch(cfg, run_dir), global_step=0)
         else:
-            result = _fit(cfg, algorithm, hw, run_dir, ckpt)
+            assert loaded is not None
+            result = _fit(cfg, algorithm, hw, run_dir, ckpt, *loaded)
     except BaseException as exc:
         if rank_zero:
             write_status(run_dir, "failed", error=f"{type(exc).__name__}: {exc}"[:2000])
@@ -225,12 +250,25 @@ def run(cfg: Any) -> RunResult:
     return result
 
 
-def _fit(cfg: Any, algorithm: type[AlignModule], hw: dict[str, Any], run_dir: Path, ckpt: Path | None) -> RunResult:
+def _load_data(cfg: Any, algorithm: type[AlignModule]) -> tuple[Any, tuple[Any, Any]]:
+    """(tokenizer, (train, eval)): the run's records loaded, checked and tokenized."""
+    tokenizer = run_tokenizer(cfg, algorithm)
+    return tokenizer, build_datasets(cfg.data, algorithm.record_kind(cfg), tokenizer, seed=cfg.trainer.seed)
+
+
+def _fit(
+    cfg: Any,
+    algorithm: type[AlignModule],
+    hw: dict[str, Any],
+    run_dir: Path,
+    ckpt: Path | None,
+    tokenizer: Any,
+    loaded: tuple[Any, Any],
+) -> RunResult:
     t = cfg.trainer
     L.seed_everything(t.seed, workers=True, verbose=False)
-    models, tokenizer = build_models(cfg, algorithm)
+    models, tokenizer = build_models(cfg, algorithm, tokenizer)
     module = algorithm(cfg, models, tokenizer)
-    loaded = build_datasets(cfg.data, algorithm.record_kind(cfg), tokenizer, seed=t.seed)
     train_set, eval_set = module.prepare_datasets(*loaded)  # now in the `records` kind the batches hold
     # each row's position in its set, for caches keyed by row (precomputed reference log-probs)
     train_set, eval_set = (
@@ -271,19 +309,28 @@ def _fit(cfg: Any, algorithm: type[AlignModule], hw: dict[str, Any], run_dir: Pa
         accumulate_grad_batches=accumulate,
         gradient_clip_val=None if online else t.gradient_clip_val,
         logger=logger,
-        callbacks=[checkpoints, SaveOnException(run_dir / "checkpoints" / "on_exception.ckpt"), PerfMonitor()],
+        callbacks=[
+            checkpoints,
+            SaveOnException(run_dir / "checkpoints" / "on_exception.ckpt"),
+            PerfMonitor(),
+            RandomState(),
+            ProgressLines(run_dir),
+        ],
+        plugins=[AtomicCheckpointIO()],
         val_check_interval=t.eval_every_n_steps * accumulate if (has_eval and t.eval_every_n_steps) else None,
         check_val_every_n_epoch=None if t.eval_every_n_steps else 1,
         limit_val_batches=(t.limit_eval_batches or 1.0) if has_eval else 0,
         log_every_n_steps=t.log_every_n_steps,
-        enable_progress_bar=cfg.logging.progress_bar,
+        enable_progress_bar=False,  # plain progress lines instead (ProgressLines, logging.progress_bar)
+        enable_model_summary=False,  # the summary goes to train.log
         num_sanity_val_steps=0,
         use_distributed_sampler=False,  # ShardedSampler splits the data across ranks itself
         default_root_dir=str(run_dir),
     )
     if trainer.is_global_zero:
         logger.log_hyperparams({"algorithm": cfg.algorithm.name, "seed": t.seed, "accumulate": accumulate})
-    trainer.fit(module, datamodule=data, ckpt_path=str(ckpt) if ckpt else None)
+    # alignkit's checkpoints hold tensors, numbers and strings only: loaded without unpickling code
+    trainer.fit(module, datamodule=data, ckpt_path=str(ckpt) if ckpt else None, weights_only=True)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
     if has_eval and module.last_eval_step != trainer.global_step:
         # the final model is always evaluated (validate() replaces the callback metrics, hence the merge)

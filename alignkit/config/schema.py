@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Iterable, Mapping
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import Field, create_model, model_validator
+from pydantic import Field, create_model, field_validator, model_validator
 
 from alignkit.algorithms import ALGORITHMS
 from alignkit.config.base import Spec
@@ -21,8 +22,12 @@ def _batch_fix(prompts_per_step: int, micro_batch_size: int, world: int = 1) -> 
     """'e.g. set prompts_per_step to 16 or micro_batch_size to 4': the nearest sizes that divide."""
     step = micro_batch_size * world
     fix = f"e.g. set prompts_per_step to {step * max(1, round(prompts_per_step / step))}"
-    smaller = [m for m in range(micro_batch_size, 0, -1) if prompts_per_step % (m * world) == 0]
-    return fix + (f" or micro_batch_size to {smaller[0]}" if smaller else "")
+    # the largest micro batch m <= micro_batch_size with m x world dividing prompts_per_step, searched through
+    # the small divisors of prompts_per_step / world and their cofactors (bounded, whatever the sizes)
+    per_device, rest = divmod(prompts_per_step, world)
+    small = [d for d in range(1, min(math.isqrt(per_device), 100_000) + 1) if not rest and per_device % d == 0]
+    fits = [m for d in small for m in (d, per_device // d) if m <= micro_batch_size]
+    return fix + (f" or micro_batch_size to {max(fits)}" if fits else "")
 
 
 class OptimizerSpec(Spec):
@@ -67,7 +72,9 @@ class TrainerSpec(Spec):
     optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec, description="Optimizer.")
     scheduler: SchedulerSpec = Field(default_factory=SchedulerSpec, description="Learning-rate schedule.")
     gradient_clip_val: float | None = Field(1.0, gt=0, description="Clip the global gradient norm to this; null = off.")
-    seed: int = Field(0, description="Seed for data order, sampling and anything random in training.")
+    seed: int = Field(
+        0, ge=0, le=2**32 - 1, description="Seed for data order, sampling and anything random in training."
+    )
     eval_every_n_steps: int | None = Field(
         None, gt=0, description="Evaluate on the held-out split every N optimizer steps (default: each epoch end)."
     )
@@ -133,7 +140,11 @@ class HardwareSpec(Spec):
 class LoggingSpec(Spec):
     root: str = Field("runs", description="Runs go to <root>/<name>/<version>/.")
     version: str | None = Field(None, description="Run version directory; default the next free version_N.")
-    progress_bar: bool = Field(True, description="Show Lightning's progress bar.")
+    progress_bar: bool = Field(
+        True,
+        description="Print a progress line every trainer.log_every_n_steps steps: the algorithm's main metrics, "
+        "s/step and ETA (false: to train.log only; the header, eval results and warnings still print).",
+    )
 
 
 class CheckpointSpec(Spec):
@@ -163,6 +174,19 @@ class ExperimentBase(Spec):
     hardware: HardwareSpec = Field(default_factory=HardwareSpec, description="Devices and parallelism.")
     logging: LoggingSpec = Field(default_factory=LoggingSpec, description="Where runs and TensorBoard logs go.")
     checkpoint: CheckpointSpec = Field(default_factory=CheckpointSpec, description="Checkpoints, resume, export.")
+
+    @field_validator("name")
+    @classmethod
+    def _a_directory_name(cls, name: str) -> str:
+        # the name becomes a directory under logging.root: one plain path component
+        bad = [c for c in ("/", "\\", "\x00") if c in name]
+        if not name.strip() or name in (".", "..") or bad or len(name.encode()) > 255:
+            shown = ", ".join(repr(c) for c in bad) or "an empty, '.', '..' or over-long name"
+            raise ValueError(
+                f"must be a plain directory name (got {name[:60]!r}: {shown}); runs go to <logging.root>/<name>/, "
+                "e.g. name: dpo_beta01"
+            )
+        return name
 
     @model_validator(mode="after")
     def _sections_match_algorithm(self) -> ExperimentBase:

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from importlib import import_module
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from alignkit.data.generators import DATASETS, GENERATOR_KINDS, sentiment_score, write_jsonl
 from alignkit.data.sentiment import Labeller, continue_review, sample_review, true_reward
 from alignkit.data.spec import DataSpec, RecordKind, SourceSpec
+from alignkit.lazy import lazy_attributes
 
 # The specs and generators import neither torch, datasets nor transformers, so validating a config stays
 # fast (`alignkit validate`); loading, tokenizing and batching import them on first use.
@@ -20,10 +20,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(import_module(f"alignkit.data.{_LAZY[name]}"), name)
-    raise AttributeError(f"module 'alignkit.data' has no attribute '{name}'")
+__getattr__ = lazy_attributes(__name__, _LAZY)
 
 
 if TYPE_CHECKING:

@@ -41,6 +41,10 @@ class ResumableLoader(DataLoader):
     """A DataLoader with Lightning's `state_dict`/`load_state_dict`: (epoch, batches consumed this epoch)."""
 
     def __init__(self, dataset: Dataset, sampler: ShardedSampler, batch_size: int, **kwargs: Any) -> None:
+        # A DataLoader draws a seed for its workers each epoch from its generator, by default torch's global
+        # one, which online methods sample responses with: its own keeps the sampling stream the same
+        # whether an epoch starts in a straight run or at a resume.
+        kwargs.setdefault("generator", torch.Generator().manual_seed(sampler.seed))
         super().__init__(dataset, batch_size=batch_size, sampler=sampler, **kwargs)
         self._consumed = 0
         self._skip = 0

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from importlib import import_module
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from alignkit.lazy import lazy_attributes
 from alignkit.models.architectures import ARCHITECTURES, Architecture
 from alignkit.models.spec import ModelSpec
 
@@ -24,10 +24,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(import_module(f"alignkit.models.{_LAZY[name]}"), name)
-    raise AttributeError(f"module 'alignkit.models' has no attribute '{name}'")
+__getattr__ = lazy_attributes(__name__, _LAZY)
 
 
 if TYPE_CHECKING:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
@@ -10,8 +11,12 @@ from alignkit.config.base import Spec
 from alignkit.models.architectures import ARCHITECTURES, SIZE_FIELDS
 
 
-def _divisors(n: int) -> str:
-    return ", ".join(str(d) for d in range(1, n + 1) if n % d == 0)
+def _divisors(n: int, most: int = 12) -> str:
+    """Divisors of n in order, at most `most`: the small ones and their cofactors (a bounded search, so that a
+    huge value is answered at once rather than after a loop over every number below it)."""
+    small = [d for d in range(1, min(math.isqrt(n), 100_000) + 1) if n % d == 0]
+    found = sorted({*small, *(n // d for d in small)})
+    return ", ".join(map(str, found[:most])) + (", ..." if len(found) > most else "")
 
 
 class ModelSpec(Spec):

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from importlib import import_module
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from alignkit.lazy import lazy_attributes
 from alignkit.ops.variants import Aggregation, GroupScale, KLKind
 
 # Config-only code imports alignkit.ops.variants, which runs this file: the math (torch) loads on first use.
@@ -33,10 +33,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(import_module(f"alignkit.ops.{_LAZY[name]}"), name)
-    raise AttributeError(f"module 'alignkit.ops' has no attribute '{name}'")
+__getattr__ = lazy_attributes(__name__, _LAZY)
 
 
 if TYPE_CHECKING:

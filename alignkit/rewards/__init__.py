@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from importlib import import_module
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from alignkit.lazy import lazy_attributes
 from alignkit.rewards.rules import REWARDS, RuleReward
 from alignkit.rewards.spec import (
     Llama2SourceSpec,
@@ -27,10 +27,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(import_module(f"alignkit.rewards.{_LAZY[name]}"), name)
-    raise AttributeError(f"module 'alignkit.rewards' has no attribute '{name}'")
+__getattr__ = lazy_attributes(__name__, _LAZY)
 
 
 if TYPE_CHECKING:

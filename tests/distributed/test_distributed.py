@@ -148,3 +148,26 @@ def test_online_algorithms_train_on_two_processes(tmp_path: Path, algorithm: str
     metrics = record["metrics"]
     assert {"train/reward/mean", "train/kl/ref", "eval/reward/mean"} <= set(metrics)
     assert all(torch.isfinite(torch.tensor(v)) for v in metrics.values())
+
+
+@pytest.mark.parametrize("hardware", ["ddp-cpu-2", "fsdp-cpu-2"])
+def test_online_resume_on_two_processes_samples_what_the_straight_run_did(tmp_path: Path, hardware: str) -> None:
+    """GRPO, 4 iterations straight == 2, then a resume from the step-2 checkpoint: the same weights bit for
+    bit, because the checkpoint holds both ranks' random states (gathered; under FSDP in its metadata)."""
+    from safetensors.torch import load_file
+
+    from alignkit.checkpoints import SHARDED_META
+
+    text = ONLINE.replace("ALGO", "grpo").replace("max_steps: 2", "max_steps: 4")
+    alignkit(tmp_path, text, f"hardware.preset={hardware}", "checkpoint.every_n_steps=2")
+    straight = tmp_path / "runs" / "dist_online" / "version_0"
+    ckpt = straight / "checkpoints" / "step000002.ckpt"
+    saved = torch.load(ckpt / SHARDED_META if ckpt.is_dir() else ckpt, weights_only=True, map_location="cpu")
+    ranks = next(v for k, v in saved["callbacks"].items() if k.startswith("RandomState"))["ranks"]
+    assert len(ranks["torch"]) == 2  # one row per rank
+    alignkit(tmp_path, text, f"hardware.preset={hardware}", f"checkpoint.resume={ckpt}")
+    resumed = tmp_path / "runs" / "dist_online" / "version_1"
+    assert status(resumed)["global_step"] == 4
+    a, b = (load_file(run / "hf" / "policy" / "model.safetensors") for run in (straight, resumed))
+    assert a.keys() == b.keys()
+    assert [k for k in a if not torch.equal(a[k], b[k])] == []

@@ -108,7 +108,7 @@ def test_algorithm_trains_and_writes_a_complete_run(algorithm: str, tmp_path: Pa
     assert expected <= tags, expected - tags
     assert [e.step for e in acc.Scalars("train/loss")] == [0, 1, 2]
 
-    ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False, map_location="cpu")
+    ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True, map_location="cpu")
     assert ckpt["global_step"] == 3 * cfg.algorithm.updates_per_step()  # Lightning counts optimizer steps
 
     # every trained model is exported in Hugging Face format, equal to the final weights, and has trained

@@ -54,7 +54,7 @@ def test_the_x_axis_counts_iterations_whatever_the_optimizer_steps(tmp_path: Pat
     acc = EventAccumulator(str(result.run_dir)).Reload()
     assert [e.step for e in acc.Scalars("train/reward/mean")] == [0, 1, 2]
     assert result.global_step == 3  # iterations, as trainer.max_steps counts them
-    ckpt = torch.load(result.run_dir / "checkpoints" / "last.ckpt", weights_only=False, map_location="cpu")
+    ckpt = torch.load(result.run_dir / "checkpoints" / "last.ckpt", weights_only=True, map_location="cpu")
     assert ckpt["global_step"] == 12  # Lightning's optimizer steps
 
 

@@ -740,3 +740,25 @@ def test_cli_validate_of_a_hostile_file_is_an_error_not_a_traceback(
     path.write_bytes(content)
     assert main(["validate", str(path)]) == 2
     assert capsys.readouterr().err.startswith(f"error: {path}: 1 problem in the config\n  - ")
+
+
+def test_huge_sizes_are_answered_at_once_with_a_bounded_fix() -> None:
+    """The fix for a size that does not divide is searched among small divisors: no loop up to the value."""
+    found = problems(minimal("sft", trainer={"prompts_per_step": 3, "micro_batch_size": 2**40}))
+    assert found["trainer.prompts_per_step"].endswith(f"set prompts_per_step to {2**40} or micro_batch_size to 3")
+    policy = {"architecture": "llama", "hidden_size": 2**40, "num_layers": 1, "num_heads": 3, "num_kv_heads": 1}
+    assert problems(minimal("sft", policy=policy))["policy.num_heads"].endswith("allowed: " + ", ".join(
+        str(2**k) for k in range(12)
+    ) + ", ...")
+
+
+@pytest.mark.parametrize("name", ["a/b", "..", ".", "", "x\x00y", "n" * 300])
+def test_the_experiment_name_is_one_directory_name(name: str) -> None:
+    assert problems(minimal("sft", name=name))["name"].startswith("must be a plain directory name")
+
+
+@pytest.mark.parametrize("seed", [-1, 2**32])
+def test_a_seed_lightning_cannot_use_is_refused(seed: int) -> None:
+    assert "allowed: an integer >= 0 and <= 4294967295" in problems(minimal("sft", trainer={"seed": seed}))[
+        "trainer.seed"
+    ]

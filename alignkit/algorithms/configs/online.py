@@ -21,7 +21,12 @@ class OnlineConfig(AlgorithmConfig):
     num_minibatches: int = Field(
         1, ge=1, description="Optimizer steps per pass: the iteration's samples split into this many minibatches."
     )
-    kl_coef: float = Field(0.05, ge=0, description="Weight of the KL penalty to the reference (beta).")
+    kl_coef: float = Field(
+        0.05,
+        ge=0,
+        description="Weight of the KL penalty to the reference (beta): in the loss for critic-free methods (GRPO, "
+        "ReMax, REINFORCE), in the per-token reward for PPO.",
+    )
     kl_estimator: KLKind = Field(
         "k1",
         description="Per-token KL estimate (Schulman 2020): k1 = log(pi/ref); k2 = log(pi/ref)^2 / 2; "
@@ -52,5 +57,6 @@ def online_card(**fields: Any) -> AlgorithmCard:
         "required_models": ("policy", "reward"),
         "trained": ("policy",),
         "records": "prompt",
+        "progress": ("reward/mean", "kl/ref", "response/length"),
     }
     return AlgorithmCard(**{**defaults, **fields})

@@ -4,14 +4,11 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
-
 from alignkit.algorithms.configs.online import OnlineConfig, online_card
 
 
 class ReMaxConfig(OnlineConfig):
     name: Literal["remax"] = "remax"
-    kl_coef: float = Field(0.05, ge=0, description="Weight of the KL to the reference in the loss.")
 
 
 REMAX_CARD = online_card(
