@@ -108,3 +108,27 @@ def write_yaml(tmp_path: Path) -> Callable[[str, str], Path]:
         return path
 
     return write
+
+
+# What Lightning, datasets and transformers print by themselves, none of which belongs on the terminal:
+# device lines, adverts, the ModelCheckpoint manual-optimization warning, tqdm bars, rich tables and bars.
+NOISE = (
+    "GPU available",
+    "Tip",
+    "litlogger",
+    "ModelCheckpoint",
+    "Flattening",
+    "%|",
+    "Writing model shards",
+    "Trainable params",
+    "┃",
+    "│",
+    "━",
+    "\r",
+    "Epoch 0",
+)
+
+
+def assert_quiet(text: str) -> None:
+    found = [noise for noise in NOISE if noise in text]
+    assert not found, f"library output on the terminal: {found}\n{text}"

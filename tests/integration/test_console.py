@@ -11,29 +11,11 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import REPO, minimal
+from conftest import REPO, assert_quiet, minimal
 
 from alignkit.algorithms import ALGORITHMS
 from alignkit.cli import main
 from alignkit.console import open_log_file, with_run_output
-
-# What Lightning, datasets and transformers print by themselves, none of which belongs on the terminal:
-# device lines, adverts, the ModelCheckpoint manual-optimization warning, tqdm bars, rich tables and bars.
-NOISE = (
-    "GPU available",
-    "Tip",
-    "litlogger",
-    "ModelCheckpoint",
-    "Flattening",
-    "%|",
-    "Writing model shards",
-    "Trainable params",
-    "┃",
-    "│",
-    "━",
-    "\r",
-    "Epoch 0",
-)
 
 
 def write_config(tmp_path: Path, name: str, /, **sections: Any) -> Path:
@@ -58,11 +40,6 @@ def write_config(tmp_path: Path, name: str, /, **sections: Any) -> Path:
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(data))
     return path
-
-
-def assert_quiet(text: str) -> None:
-    found = [noise for noise in NOISE if noise in text]
-    assert not found, f"library output on the terminal: {found}\n{text}"
 
 
 @pytest.mark.slow
@@ -181,51 +158,3 @@ def test_other_ranks_print_nothing_and_keep_their_own_log(
     assert capfd.readouterr() == ("", "")
     assert "rank 1 says" in (tmp_path / "train.rank1.log").read_text()
     assert not (tmp_path / "train.log").exists()
-
-
-PIPELINE = """
-name: pipe
-defaults:
-  data: {max_length: 64}
-  trainer: {max_steps: 2, prompts_per_step: 4, micro_batch_size: 4, log_every_n_steps: 1}
-  hardware: {accelerator: cpu, strategy: single}
-  logging: {root: ROOT}
-stages:
-  sft:
-    algorithm: {name: sft}
-    policy: {architecture: llama, hidden_size: 32, num_layers: 1, num_heads: 2}
-    data: {train: {generator: reviews, args: {n: 32}}, eval_fraction: 0.25}
-  dpo:
-    algorithm: {name: dpo}
-    policy: {from_stage: sft}
-    data: {train: {generator: review_pairs, args: {n: 32}}}
-compare:
-  runs: [dpo]
-  prompts: {generator: review_prompts, args: {n: 4, seed: 99}}
-  true_reward: {kind: rule, name: review_sentiment}
-  samples_per_prompt: 2
-  max_new_tokens: 6
-  best_of_n: []
-"""
-
-
-@pytest.mark.slow
-def test_compare_prints_each_stage_under_its_line_and_nothing_from_libraries(tmp_path: Path) -> None:
-    path = tmp_path / "pipe.yaml"
-    path.write_text(PIPELINE.replace("ROOT", str(tmp_path / "runs")))
-    done = subprocess.run(
-        [sys.executable, "-m", "alignkit", "compare", str(path)], capture_output=True, text=True, cwd=REPO, timeout=600
-    )
-    assert done.returncode == 0, done.stderr
-    assert_quiet(done.stdout + done.stderr)  # the evaluation loads every policy: no "Loading weights" bars either
-    lines = done.stdout.splitlines()
-    root = tmp_path / "runs" / "pipe"
-    start, end = lines.index("[pipe] stage sft: running sft"), lines.index("[pipe] stage dpo: running dpo")
-    assert lines[start + 1] == "  sft: 2 steps of 4 sequences, on 1 cpu process"
-    assert any(line.startswith("  step 2/2  loss ") for line in lines[start:end])
-    assert lines[end - 1].startswith("[pipe] stage sft: finished in ") and lines[end - 1].endswith(
-        f"s: {root / 'sft' / 'version_0'}"
-    )
-    assert all(line.startswith(("  ", "[pipe]")) for line in lines[start:end])  # the stage's own lines, indented
-    assert "[compare] dpo: true reward " in done.stdout
-    assert "loading configuration file" in (root / "compare" / "version_0" / "compare.log").read_text()

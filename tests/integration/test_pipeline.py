@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import assert_quiet
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from alignkit.cli import main
-from alignkit.compare import TAGS, run_compare
+from alignkit.compare import TAGS
 from alignkit.pipeline import load_pipeline, run_pipeline
 
 pytestmark = pytest.mark.slow
@@ -80,14 +81,28 @@ def test_finished_stages_are_reused_and_edits_rerun_downstream(
     assert versions(root, "sft") == ["version_0", "version_1"] and len(versions(root, "dpo")) == 2
 
 
-def test_compare_of_two_algorithms_writes_runs_table_figures_tensorboard(write_yaml: WriteYaml, tmp_path: Path) -> None:
+def test_compare_of_two_algorithms_writes_runs_table_figures_tensorboard(
+    write_yaml: WriteYaml, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
     root = tmp_path / "runs"
     path = write_yaml("pipe.yaml", (HEAD + COMPARE).replace("ROOT", str(root)))
-    result = run_compare(load_pipeline(path), log=lambda _: None)
-    out = result.out_dir
-    assert out == root / "pipe" / "compare" / "version_0"
+    assert main(["compare", str(path)]) == 0  # as a user runs it: stages in child processes, then the evaluation
+    out = root / "pipe" / "compare" / "version_0"
     for stage in ("sft", "rm", "dpo", "grpo"):
         assert versions(root, stage) == ["version_0"]
+
+    # the terminal: each stage's own lines indented under its start and finish, no library output (the
+    # evaluation loads every policy: no "Loading weights" bars either); the libraries' lines in compare.log
+    printed, errors = capfd.readouterr()
+    assert_quiet(printed + errors)
+    lines = printed.splitlines()
+    start, end = lines.index("[pipe] stage sft: running sft"), lines.index("[pipe] stage dpo: running dpo")
+    assert lines[start + 1] == "  sft: 4 steps of 4 sequences, on 1 cpu process"
+    assert lines[end - 1].startswith("[pipe] stage sft: finished in ")
+    assert lines[end - 1].endswith(f"s: {root / 'pipe' / 'sft' / 'version_0'}")
+    assert all(line.startswith(("  ", "[pipe]")) for line in lines[start:end])
+    assert "[compare] dpo: true reward " in printed
+    assert "loading configuration file" in (out / "compare.log").read_text()
 
     table = (out / "summary.md").read_text()
     for method in ("| sft |", "| best-of-4 |", "| dpo |", "| grpo |"):

@@ -34,7 +34,7 @@ from alignkit.pipeline import is_pipeline, load_pipeline
 
 EXPERIMENTS = sorted((REPO / "experiments").glob("**/*.yaml"))
 # Examples per file: a pipeline validates every stage (about 10x an experiment), so it gets fewer.
-EXAMPLES = {"experiment": 60, "pipeline": 30}
+EXAMPLES = {"experiment": 45, "pipeline": 20}
 FUZZ = settings(
     derandomize=True,
     database=None,
