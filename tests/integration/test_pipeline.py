@@ -136,8 +136,9 @@ def test_pipeline_stages_launch_their_own_ddp_processes(write_yaml: WriteYaml, t
     root = tmp_path / "runs"
     text = HEAD.replace("ROOT", str(root)).replace("{accelerator: cpu, strategy: single}", "{preset: ddp-cpu-2}")
     text = text.replace("micro_batch_size: 4", "micro_batch_size: 2")
-    runs = run_pipeline(load_pipeline(write_yaml("pipe.yaml", text)), log=lambda _: None)
-    for stage in ("sft", "dpo"):
-        config = yaml.safe_load((runs[stage] / "config.yaml").read_text())
-        assert config["hardware"]["strategy"] == "ddp" and config["hardware"]["devices"] == 2
-        assert (runs[stage] / "hf" / "policy" / "model.safetensors").is_file()
+    # one stage is enough: reading an upstream stage's export is the same under DDP (the other tests)
+    runs = run_pipeline(load_pipeline(write_yaml("pipe.yaml", text)), only=["sft"], log=lambda _: None)
+    config = yaml.safe_load((runs["sft"] / "config.yaml").read_text())
+    assert config["hardware"]["strategy"] == "ddp" and config["hardware"]["devices"] == 2
+    assert (runs["sft"] / "hf" / "policy" / "model.safetensors").is_file()
+    assert "dpo" not in runs

@@ -222,7 +222,7 @@ def test_valid_files_load_as_written(data: st.DataObject, kind_format: tuple[str
         assert len(build(path, kind)) == len(rows)
 
 
-@fuzz_settings(250)
+@fuzz_settings(160)
 @given(data=st.data(), kind_format=KIND_FORMAT)
 def test_a_mutated_row_of_a_text_file_is_named(data: st.DataObject, kind_format: tuple[str, str]) -> None:
     kind, fmt = kind_format
