@@ -17,7 +17,6 @@ from __future__ import annotations
 import io
 import logging
 import os
-import re
 import shutil
 import zipfile
 from pathlib import Path
@@ -27,10 +26,10 @@ import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.strategies import ModelParallelStrategy
 
+from alignkit.rundir import LAST, step_checkpoints, step_of
+
 log = logging.getLogger(__name__)
 
-LAST = "last.ckpt"
-STEP = re.compile(r"step(\d+)\.ckpt")
 SHARDED_META = "meta.pt"  # Lightning's metadata file inside a sharded checkpoint folder (non-tensor state)
 
 
@@ -91,8 +90,8 @@ class AtomicModelParallelStrategy(ModelParallelStrategy):
             super().save_checkpoint(checkpoint, path, storage_options)
             return
         tmp, old = path.with_name(f".{path.name}.tmp"), path.with_name(f".{path.name}.old")
-        if self.global_rank == 0 and tmp.exists():
-            shutil.rmtree(tmp) if tmp.is_dir() else tmp.unlink()  # left by a process killed while writing
+        if self.global_rank == 0:
+            _remove(tmp)  # left by a process killed while writing
         self.barrier("alignkit_checkpoint_tmp")
         super().save_checkpoint(checkpoint, tmp, storage_options)
         self.barrier("alignkit_checkpoint_written")
@@ -101,8 +100,7 @@ class AtomicModelParallelStrategy(ModelParallelStrategy):
                 os.replace(path, old)
             os.replace(tmp, path)
             _fsync_dir(path.parent)
-            if old.exists():
-                shutil.rmtree(old) if old.is_dir() else old.unlink()
+            _remove(old)
         self.barrier("alignkit_checkpoint_renamed")
 
 
@@ -147,24 +145,14 @@ def _sharded_problem(path: Path) -> str | None:
     return None
 
 
-def step_of(path: Path) -> int | None:
-    """The optimizer step in a step checkpoint's name (step000050.ckpt -> 50), None for last.ckpt and others."""
-    match = STEP.fullmatch(path.name)
-    return int(match[1]) if match else None
-
-
 def resume_candidates(checkpoints: Path, first: Path | None = None) -> list[Path]:
     """Checkpoints of one run, newest first: `first` (default last.ckpt), then step checkpoints from the
     newest down (below `first`'s step when it is a step checkpoint). on_exception.ckpt is never one: it is
     written mid-step, so resuming from it would not continue the run exactly."""
     first = first or checkpoints / LAST
     below = step_of(first)
-    steps = sorted(
-        (p for p in checkpoints.glob("step*.ckpt") if step_of(p) is not None and p != first),
-        key=lambda p: step_of(p) or 0,
-        reverse=True,
-    )
-    return [first, *(p for p in steps if below is None or (step_of(p) or 0) < below)]
+    earlier = [p for step, p in reversed(step_checkpoints(checkpoints)) if below is None or step < below]
+    return [first, *earlier]
 
 
 def pick_checkpoint(checkpoints: Path, first: Path | None = None) -> Path | None:
@@ -182,4 +170,12 @@ def pick_checkpoint(checkpoints: Path, first: Path | None = None) -> Path | None
 def remove_stale_temporaries(checkpoints: Path) -> None:
     """Temporary files and folders left by a process killed while writing a checkpoint."""
     for tmp in [*checkpoints.glob(".*.tmp*"), *checkpoints.glob(".*.old")]:
-        shutil.rmtree(tmp, ignore_errors=True) if tmp.is_dir() else tmp.unlink(missing_ok=True)
+        _remove(tmp)
+
+
+def _remove(path: Path) -> None:
+    """A file or a folder (a sharded checkpoint), if it is there."""
+    if path.is_dir():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)

@@ -21,7 +21,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-import re
 import shutil
 import time
 from collections.abc import Callable
@@ -30,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from alignkit.pipeline import CompareSpec, Pipeline, run_pipeline
-from alignkit.rundir import next_version, read_run_record
+from alignkit.rundir import next_version, read_run_record, step_checkpoints
 from alignkit.stats import mean_se
 
 COMPARE_DIR = "compare"
@@ -164,15 +163,6 @@ def best_of_n(answers: dict[str, Any], ns: list[int], per_prompt: int, **info: A
     return points
 
 
-def _step_checkpoints(run: Path) -> list[tuple[int, Path]]:
-    found = []
-    for ckpt in (run / "checkpoints").glob("step*.ckpt"):
-        m = re.fullmatch(r"step(\d+)\.ckpt", ckpt.name)
-        if m and ckpt.is_file():  # a sharded (FSDP) checkpoint is a directory: not read here
-            found.append((int(m[1]), ckpt))
-    return sorted(found)
-
-
 def _load_policy_weights(model: Any, ckpt: Path) -> Any:
     """A copy of `model` with the `policy.*` weights of a Lightning checkpoint."""
     import copy
@@ -291,7 +281,8 @@ def run_compare(pipeline: Pipeline, log: Callable[[str], None] = print) -> Compa
         started = status.get("started")
         points = []
         if spec.checkpoints:
-            for step, ckpt in _step_checkpoints(run):
+            # a sharded (FSDP) checkpoint is a directory: not read here
+            for step, ckpt in [(s, c) for s, c in step_checkpoints(run / "checkpoints") if c.is_file()]:
                 if step // updates >= int(status.get("global_step", 0)):
                     continue  # the final model is evaluated below
                 answers = evaluator.answer(_load_policy_weights(final_policy, ckpt), spec.samples_per_prompt)

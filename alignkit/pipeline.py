@@ -41,7 +41,7 @@ from alignkit.config.load import check_numbers, prepare, read_raw, validate_dict
 from alignkit.data.spec import SourceSpec
 from alignkit.registry import did_you_mean
 from alignkit.rewards.spec import RewardSourceSpec
-from alignkit.rundir import RunError, read_status, versions
+from alignkit.rundir import LAST, RunError, read_status, step_checkpoints, versions
 
 STAGE_KEY = "from_stage"
 PIPELINE_KEYS = ("name", "description", "defaults", "stages", "compare")
@@ -424,8 +424,8 @@ def find_run(stage: Stage, config: Any) -> tuple[str, Path | None]:
             return "reuse", run
         # `alignkit run` resumes from last.ckpt, or from the newest step checkpoint that reads intact
         checkpoints = run / "checkpoints"
-        if status != "finished" and ((checkpoints / "last.ckpt").exists() or any(checkpoints.glob("step*.ckpt"))):
-            return "resume", checkpoints / "last.ckpt"
+        if status != "finished" and ((checkpoints / LAST).exists() or step_checkpoints(checkpoints)):
+            return "resume", checkpoints / LAST
     return "new", None
 
 

@@ -13,6 +13,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+# A run's checkpoints/ folder: last.ckpt, and step<N>.ckpt every checkpoint.every_n_steps (run.py names them)
+LAST = "last.ckpt"
+STEP = re.compile(r"step(\d+)\.ckpt")
+
 
 class RunError(RuntimeError):
     """A run that cannot start as configured (e.g. its directory exists); says what to change."""
@@ -51,3 +55,15 @@ def read_run_record(run_dir: Path) -> dict[str, Any]:
 
 def read_status(run_dir: Path) -> str:
     return str(read_run_record(run_dir).get("status", "unknown"))
+
+
+def step_of(path: Path) -> int | None:
+    """The optimizer step in a step checkpoint's name (step000050.ckpt -> 50), None for last.ckpt and others."""
+    match = STEP.fullmatch(path.name)
+    return int(match[1]) if match else None
+
+
+def step_checkpoints(checkpoints: Path) -> list[tuple[int, Path]]:
+    """(step, path) of a run's step checkpoints, oldest first (a sharded FSDP checkpoint is a folder)."""
+    found = [(step, p) for p in checkpoints.glob("step*.ckpt") if (step := step_of(p)) is not None]
+    return sorted(found)
