@@ -324,6 +324,7 @@ def _fit(
         enable_progress_bar=False,  # plain progress lines instead (ProgressLines, logging.progress_bar)
         enable_model_summary=False,  # the summary goes to train.log
         num_sanity_val_steps=0,
+        deterministic=t.deterministic,
         use_distributed_sampler=False,  # ShardedSampler splits the data across ranks itself
         default_root_dir=str(run_dir),
     )

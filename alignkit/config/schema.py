@@ -75,6 +75,11 @@ class TrainerSpec(Spec):
     seed: int = Field(
         0, ge=0, le=2**32 - 1, description="Seed for data order, sampling and anything random in training."
     )
+    deterministic: bool = Field(
+        False,
+        description="torch's deterministic algorithms (through Lightning): the same seed on the same machine and "
+        "software gives the same weights. Another CPU or GPU model still rounds differently: compare with seeds.",
+    )
     eval_every_n_steps: int | None = Field(
         None, gt=0, description="Evaluate on the held-out split every N optimizer steps (default: each epoch end)."
     )
