@@ -23,7 +23,7 @@ from alignkit.bandits.objectives import Env, build_env, released_optimizer
 from alignkit.bandits.optim import torch_threads
 from alignkit.bandits.reward_fit import RewardFn, fit_reward_model
 from alignkit.bandits.spec import METHODS, Budget, EnvSpec, LinearBanditSpec, Method, Optim, budget_label
-from alignkit.stats import mean_se
+from alignkit.stats import bootstrap_ci, mean_se
 
 
 @dataclass
@@ -154,8 +154,9 @@ def _main() -> None:
             )
             for method, res in results.items():
                 gap, se = mean_se(res["gap"])
+                low, high = bootstrap_ci(res["gap"].reshape(-1, 1))  # over seeds, as in the report's tables
                 bic = res["best_in_class_gap"].mean()
-                print(f"  {method:12s} gap {gap:.4f} ± {se:.4f}   best-in-class gap {bic:.4f}")
+                print(f"  {method:12s} gap {gap:.4f} ± {se:.4f} [{low:.3f}, {high:.3f}]   best-in-class gap {bic:.4f}")
             searched = 0.0
 
 

@@ -1,4 +1,5 @@
-"""Bandit study reporting: mean/s.e. by hand, CSV round trips, the Markdown table, figures and their skip rules."""
+"""Bandit study reporting: mean/s.e. and the bootstrap interval by hand, CSV round trips, the Markdown table,
+figures and their skip rules."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import pytest
 from matplotlib.image import imread
 
 from alignkit.bandits.report import (
+    gap_ci,
     markdown_table,
     mean_se,
     plot_gap_vs_n,
@@ -55,6 +57,20 @@ def test_mean_se_by_hand():
     assert mean_se([0.25]) == (pytest.approx(0.25), 0.0)
 
 
+def test_gap_ci_by_hand():
+    """Gaps 0.4, 0.5 over 2 seeds: a replicate's mean is 0.4, 0.45 or 0.5 with probability 1/4, 1/2, 1/4, so the
+    2.5% and 97.5% quantiles of 2000 replicates are 0.4 and 0.5. With 3 seeds each all-one-seed replicate has
+    probability 1/27 = 3.7% > 2.5%: the interval is the range. One seed, or equal gaps: no spread."""
+    assert gap_ci([0.4, 0.5]) == pytest.approx((0.4, 0.5))
+    assert gap_ci([0.2, 0.9, 0.3]) == pytest.approx((0.2, 0.9))
+    assert gap_ci([0.25]) == (0.25, 0.25)
+    assert gap_ci([0.1] * 4) == pytest.approx((0.1, 0.1))
+    ten = [0.5, 0.2, 0.9, 0.4, 0.45, 0.33, 0.61, 0.28, 0.52, 0.47]
+    low, high = gap_ci(ten)
+    assert min(ten) < low < sum(ten) / 10 < high < max(ten)
+    assert gap_ci(ten) == (low, high)  # a fixed bootstrap seed: tables are reproducible
+
+
 def test_summary_sorted_by_budget_n_ratio_method():
     rows = study(budgets=("converged", "released"), ns=(50, 20), ratios=(2.0, 0.5))
     lines = summary_table(rows)
@@ -68,6 +84,9 @@ def test_summary_sorted_by_budget_n_ratio_method():
     assert lines[-1]["budget"] == "converged"
 
 
+NUMBERS = ("gap_mean", "gap_se", "gap_ci_low", "gap_ci_high", "objective_mean", "kl_ref_se", "value_mean", "wall_s")
+
+
 def test_csv_round_trip(tmp_path):
     rows = [*study(ns=(20, 40), ratios=(0.5, 2.0)), row("released", "dpo", 10, linear=False, gap=[0.4, 0.5])]
     rows[-1].update(seeds=[1, 2], value=[0.0, 1.0], objective=[0.0, 1.0], kl_ref=[0.0, 1.0])
@@ -77,11 +96,12 @@ def test_csv_round_trip(tmp_path):
     for line, expected in zip(read, summary_table(rows), strict=True):
         assert line["method"] == expected["method"]
         assert int(line["n"]) == expected["n"] and int(line["seeds"]) == expected["seeds"]
-        for key in ("gap_mean", "gap_se", "objective_mean", "kl_ref_se", "value_mean", "wall_s"):
+        for key in NUMBERS:
             assert float(line[key]) == expected[key], key
         bic = expected["best_in_class_gap"]
         assert line["best_in_class_gap"] == ("" if bic is None else str(bic))
     assert read[0]["n"] == "10" and float(read[0]["gap_mean"]) == pytest.approx(0.45)
+    assert (float(read[0]["gap_ci_low"]), float(read[0]["gap_ci_high"])) == pytest.approx((0.4, 0.5))
 
     with write_seed_csv(rows, tmp_path / "seeds.csv").open() as f:
         per_seed = list(csv.DictReader(f))
@@ -97,13 +117,15 @@ def test_markdown_table():
     assert text.index("budget: released") < text.index("budget: converged")
     for name in ("DPO", "RMB-PO", "RMB-PO+"):
         assert f"| {name} " in text
-    # gaps a + d sqrt(3), a, a - d sqrt(3): mean a; sample variance (3 d^2 + 0 + 3 d^2) / 2 = 3 d^2; s.e. d
-    assert "0.4951 ± 0.0454" in text
+    # gaps a + d sqrt(3), a, a - d sqrt(3): mean a; sample variance (3 d^2 + 0 + 3 d^2) / 2 = 3 d^2; s.e. d;
+    # 3 seeds: the 95% bootstrap interval is the range, a ± d sqrt(3) = 0.4951 ± 0.078635 = [0.416465, 0.573735]
+    assert "mean ± s.e. [95% bootstrap CI] over 3 seeds" in text
     dpo_line = next(line for line in text.splitlines() if "0.4951 ± 0.0454" in line)
-    assert [c.strip() for c in dpo_line.strip("|").split("|")] == ["50", "–", "0.4951 ± 0.0454", "–", "–"]
+    cells = [c.strip() for c in dpo_line.strip("|").split("|")]
+    assert cells == ["50", "–", "0.4951 ± 0.0454 [0.416, 0.574]", "–", "–"]
     # DPO and RMB-PO fill both m/n lines of n = 20
     ratio_lines = [line for line in text.splitlines() if line.startswith("| 20 ")]
-    assert len(ratio_lines) == 4 and all(line.count("±") == 3 for line in ratio_lines)
+    assert len(ratio_lines) == 4 and all(line.count("±") == 3 and line.count("[") == 3 for line in ratio_lines)
     assert text.count("best policy in the class: gap 0.0808 (irreducible with these features)") == 2
     assert "best policy in the class" not in markdown_table(study(linear=False))
 
