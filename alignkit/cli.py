@@ -80,14 +80,17 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
         pipeline = _load_pipeline(args)
         print(f"{args.config}: valid pipeline ({time.perf_counter() - start:.2f}s); stages in run order:")
-        todo = {"reuse": "finished, reused: {}", "resume": "unfinished, resumes from {}", "new": "runs"}
-        for name, (action, found) in plan(pipeline).items():
-            stage = pipeline.stages[name]
-            reads = f", reads {', '.join(dict.fromkeys(stage.needs))}" if stage.needs else ""
-            print(f"  {name}: {stage.algorithm}{reads} -> {stage.root}/ ({todo[action].format(found)})")
+        todo = {"reuse": "finished, reused: {}", "resume": "unfinished, resumes {}", "new": "runs into {}"}
+        for label, step in plan(pipeline).items():
+            stage = step.node.stage
+            reads = f", reads {', '.join(pipeline.reads(step.node))}" if stage.needs else ""
+            print(f"  {label}: {stage.algorithm}{reads} ({todo[step.action].format(step.run)})")
         if pipeline.compare is not None:
             spec = pipeline.compare
-            print(f"  compare: {', '.join(spec.run_names(pipeline))} against {spec.baseline}")
+            seeds = pipeline.seeds
+            over = f", seeds {', '.join(map(str, seeds))}" if seeds else ""
+            shared = f" ({', '.join(spec.shared)} shared by every seed)" if spec.shared else ""
+            print(f"  compare: {', '.join(spec.run_names(pipeline))} against {spec.baseline}{over}{shared}")
         return 0
     cfg = _load(args)
     hw, t = cfg.hardware, cfg.trainer
@@ -108,10 +111,9 @@ def cmd_show(args: argparse.Namespace) -> int:
         from alignkit.pipeline import plan
 
         pipeline = _load_pipeline(args)
-        plan(pipeline)  # finished upstream stages show their real paths
-        for stage in pipeline.stages.values():
-            print(f"# stage {stage.name} (an upstream stage that has not run shows as <not run yet>)")
-            print(yaml.safe_dump({stage.name: stage.config.model_dump(mode="json")}, sort_keys=False), end="")
+        for label, step in plan(pipeline).items():  # every run's directory is decided, upstream paths are real
+            print(f"# {label} ({step.action}: {step.run})")
+            print(yaml.safe_dump({label: step.node.config.model_dump(mode="json")}, sort_keys=False), end="")
         return 0
     print(yaml.safe_dump(_load(args).model_dump(mode="json"), sort_keys=False), end="")
     return 0
@@ -124,11 +126,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         from alignkit.pipeline import run_pipeline
 
         pipeline = _load_pipeline(args)
-        runs = run_pipeline(pipeline, only=args.stages)
-        print(f"\npipeline {pipeline.name} finished:")
-        for stage, run_dir in runs.items():
-            print(f"  {stage}: {run_dir}")
+        done = run_pipeline(pipeline, only=args.stages, **_executor(args))
+        print(f"\npipeline {pipeline.name}: {len(done.runs)} run(s) finished")
+        for label, run_dir in done.runs.items():
+            print(f"  {label}: {run_dir}")
         print(f"  TensorBoard: tensorboard --logdir {pipeline.root}")
+        done.check()
         return 0
     if args.stages:
         print("error: --stages applies to a pipeline file (one with `stages:`)", file=sys.stderr)
@@ -167,16 +170,56 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
         run_pipeline(pipeline, only=pipeline.compare.needed(pipeline), log=lambda _: None)
         return 0
-    # each stage prints its own lines (a child `alignkit run`); the evaluation's library output goes to compare.log
-    result = with_run_output(run_compare)(pipeline)
+    # a line per stage run as it starts and ends (its output goes to its log); the evaluation's library output
+    # goes to compare.log
+    result = with_run_output(run_compare)(pipeline, **_executor(args))
     out = result.out_dir
     print("\n" + (out / "summary.md").read_text())
     print(f"comparison written to {out}/")
     print(f"  table:   {out / 'summary.md'} and {out / 'summary.csv'}")
-    print(f"  figures: {out / 'frontier.png'} and {out / 'reward_vs_time.png'}")
-    print(f"  samples: {out / 'samples.jsonl'}")
+    figures = ", ".join(p.name for p in sorted(out.glob("*.png")))
+    print(f"  figures: {figures}")
+    print(f"  samples: {out / 'samples.jsonl'}; every number: {out / 'results.json'}")
     print(f"  TensorBoard: tensorboard --logdir {out / 'tensorboard'}")
+    if result.failed:
+        print(f"error: {len(result.failed)} stage run(s) did not finish (listed above and in summary.md)")
+        return 1
     return 0
+
+
+def _executor(args: argparse.Namespace) -> dict[str, Any]:
+    """run_pipeline's keyword arguments from --jobs, --executor and --slurm."""
+    slurm: dict[str, Any] = {}
+    for item in args.slurm or ():
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"error: --slurm takes KEY=VALUE, e.g. --slurm slurm_partition=gpu (got {item!r})")
+        slurm[key] = int(value) if value.isdigit() else value
+    return {"jobs": args.jobs, "executor": args.executor, "slurm": slurm or None}
+
+
+def _add_executor_options(s: argparse.ArgumentParser) -> None:
+    s.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        metavar="N",
+        help="pipeline files: run up to N independent stage runs (other seeds, other methods) at once; on CPU the "
+        "cores are split between them, on GPUs each run takes the GPUs its hardware section asks for",
+    )
+    s.add_argument(
+        "--executor",
+        choices=("local", "slurm", "submitit-local"),
+        default="local",
+        help="pipeline files: local processes (default), one SLURM job per stage run through submitit (pip install "
+        "'alignkit[slurm]'), or submitit's local executor (tests the SLURM path on one machine)",
+    )
+    s.add_argument(
+        "--slurm",
+        action="append",
+        metavar="KEY=VALUE",
+        help="submitit parameters for --executor slurm, e.g. --slurm slurm_partition=gpu --slurm timeout_min=240",
+    )
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -225,10 +268,12 @@ def parser() -> argparse.ArgumentParser:
                 type=lambda text: [t for t in text.split(",") if t],
                 help="pipeline files: run only these stages (comma-separated) and the stages they read from",
             )
+            _add_executor_options(s)
     text = "run a pipeline's stages (finished ones are reused) and compare its policies on held-out prompts"
     s = sub.add_parser("compare", help=text, description=text)
     s.add_argument("config", help="pipeline YAML file with `stages:` and `compare:`")
     s.add_argument("overrides", nargs="*", help="key=value overrides, e.g. stages.ppo.trainer.max_steps=10")
+    _add_executor_options(s)
     s.set_defaults(fn=cmd_compare)
     s = sub.add_parser("list", help="list registered components and presets")
     s.add_argument("kind", nargs="?", choices=LIST_KINDS)

@@ -1,19 +1,22 @@
-"""`alignkit compare`: every policy of a pipeline answers the same held-out prompts, scored by the true reward.
+"""`alignkit compare`: every policy of a pipeline answers the same held-out prompts, scored by the true reward,
+over every seed, with statistics that say what the seeds support.
 
-For the baseline (the SFT policy every method starts from), best-of-n samples of it picked by the reward
-model, and each compared stage's trained policy (and its saved step checkpoints), the same prompts are
-answered by sampling (temperature 1 by default: the KL estimate needs samples of the policy itself), and
-each answer gets
+For each pipeline seed (`compare.seeds`; one run when unset): the baseline (the SFT policy every method
+starts from), best-of-n samples of it picked by the reward model, and each compared stage's trained policy
+(and its saved step checkpoints) answer the same prompts by sampling (temperature 1 by default: the KL
+estimate needs samples of the policy itself). Each answer gets
 
 - the true reward (`compare.true_reward`, e.g. the testbed's exact sentiment score),
-- the KL to the baseline, sum_t log pi(y_t | ...) - log pi_ref(y_t | ...) over the response: an unbiased
-  Monte Carlo estimate of KL(pi || pi_ref) per response,
+- the KL to that seed's baseline, sum_t log pi(y_t | ...) - log pi_ref(y_t | ...) over the response: an
+  unbiased Monte Carlo estimate of KL(pi || pi_ref) per response,
 - the reward model's score, when the pipeline has a reward-model stage.
 
-Written to `<logging.root>/<pipeline>/compare/version_N/`: summary.md and summary.csv, frontier.png (true
-reward vs KL, the plot of Rafailov et al. 2023, fig. 2) and reward_vs_time.png, results.json, samples.jsonl,
-and tensorboard/<stage>/ with each stage's training events plus `compare/*` tags, so one `tensorboard
---logdir` shows one run per method with identical tags.
+Each policy's answers are averaged per prompt, giving a [seeds x prompts] matrix per method; `alignkit.stats`
+turns those into means, 95% bootstrap intervals (seeds, then prompts within a seed), interquartile means and
+probabilities of improvement (Agarwal et al. 2021). Written to `<logging.root>/<pipeline>/compare/version_N/`:
+summary.md and summary.csv, frontier.png, curves.png, improvement.png, reward_vs_time.png, results.json (every
+point and per-prompt score), samples.jsonl, and tensorboard/ with one run per method and seed (`dpo/seed_0`,
+training events plus `compare/*` tags) and one per method with the seed mean (`dpo/mean`).
 """
 
 from __future__ import annotations
@@ -28,17 +31,20 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from alignkit.pipeline import CompareSpec, Pipeline, run_pipeline
+import numpy as np
+
+from alignkit.pipeline import CompareSpec, Pipeline, PipelineResult, derive_seed, run_pipeline
 from alignkit.rundir import next_version, read_run_record, step_checkpoints
-from alignkit.stats import mean_se
+from alignkit.stats import Summary, improvement_matrix, mean_se, separable_order, summarize
 
 COMPARE_DIR = "compare"
 TAGS = ("compare/reward/true", "compare/kl/ref", "compare/reward/model", "compare/response/length")
+BEST_OF = "best_of_n"
 
 
 @dataclass
 class Point:
-    """One policy's answers to the held-out prompts, summarised."""
+    """One policy's answers to the held-out prompts in one seed's run, summarised."""
 
     method: str
     stage: str
@@ -53,27 +59,55 @@ class Point:
     train_time_s: float | None  # training time of the run up to this point
     peak_mem_mb: float | None = None
     final: bool = True
+    seed: int | None = None  # the pipeline seed (None: a pipeline without compare.seeds)
+    # per prompt, the mean over its samples: what the statistics over seeds resample
+    per_prompt: dict[str, list[float]] = field(default_factory=dict, repr=False)
+
+
+@dataclass
+class Row:
+    """One method (or one checkpoint step of it) over every seed: the statistics the table and figures show."""
+
+    method: str
+    algorithm: str
+    step: int
+    final: bool
+    seeds: list[int | None]
+    reward: Summary  # true reward
+    kl: Summary
+    rm_score: float | None
+    length: float
+    train_time_s: float | None  # mean over seeds
+    train_time_range: tuple[float, float] | None
+    peak_mem_mb: float | None
 
 
 @dataclass
 class CompareResult:
     out_dir: Path
     points: list[Point] = field(default_factory=list)
+    rows: list[Row] = field(default_factory=list)
+    baseline: str = "sft"
+    failed: dict[str, str] = field(default_factory=dict)  # pipeline runs that did not finish, with why
 
     def finals(self) -> list[Point]:
         return [p for p in self.points if p.final]
+
+    def final_rows(self) -> list[Row]:
+        return [r for r in self.rows if r.final]
 
 
 class Evaluator:
     """Samples a policy's answers to the fixed prompts and scores them (true reward, KL, reward model)."""
 
-    def __init__(self, spec: CompareSpec, tokenizer: Any, reference: Any, reward_model: Any, device: Any) -> None:
+    def __init__(self, spec: CompareSpec, tokenizer: Any, device: Any) -> None:
         from alignkit.data import Collator, DataSpec, build_datasets
         from alignkit.rewards.sources import build_source
 
         self.spec, self.tokenizer, self.device = spec, tokenizer, device
-        self.reference = reference.to(device).eval().requires_grad_(False)
-        self.reward_model = reward_model
+        self.reference: Any = None
+        self.reward_model: Any = None
+        self.sampling_seed = spec.seed
         self.true_reward = build_source(spec.true_reward, tokenizer).to(device)
         data = DataSpec(train=spec.prompts, max_length=spec.max_prompt_length + 1)
         prompts, _ = build_datasets(data, "prompt", tokenizer, seed=spec.seed)
@@ -82,6 +116,12 @@ class Evaluator:
         size = spec.micro_batch_size
         self.batches = [collate(rows[i : i + size]) for i in range(0, len(rows), size)]
         self.num_prompts = len(rows)
+
+    def for_seed(self, reference: Any, reward_model: Any, seed: int | None) -> None:
+        """The baseline and reward model of one pipeline seed, and its sampling stream."""
+        self.reference = reference.to(self.device).eval().requires_grad_(False)
+        self.reward_model = reward_model
+        self.sampling_seed = derive_seed(self.spec.seed, seed or 0)
 
     def answer(self, policy: Any, num_samples: int) -> dict[str, Any]:
         """Per response: true reward, KL to the reference, RM score, length, text; responses grouped by prompt."""
@@ -92,7 +132,7 @@ class Evaluator:
 
         spec = self.spec
         policy = policy.to(self.device).eval()
-        torch.manual_seed(spec.seed)  # every policy answers with the same random stream
+        torch.manual_seed(self.sampling_seed)  # every policy of a seed answers with the same random stream
         out: dict[str, list[Any]] = {k: [] for k in ("true", "kl", "rm", "length", "prompt", "response")}
         with torch.no_grad():
             for batch in self.batches:
@@ -119,7 +159,7 @@ class Evaluator:
         tensors = {k: torch.cat(v) if v else None for k, v in out.items() if k not in ("prompt", "response")}
         return {**tensors, "prompt": out["prompt"], "response": out["response"]}
 
-    def point(self, answers: dict[str, Any], **info: Any) -> Point:
+    def point(self, answers: dict[str, Any], num_samples: int, **info: Any) -> Point:
         reward, reward_se = mean_se(answers["true"])
         kl, kl_se = mean_se(answers["kl"])
         rm = float(answers["rm"].mean()) if answers["rm"] is not None else None
@@ -129,34 +169,49 @@ class Evaluator:
             kl=kl,
             kl_se=kl_se,
             rm_score=rm,
-            length=float(answers["length"].mean()),
+            length=float(answers["length"].float().mean()),
+            per_prompt=per_prompt(answers, num_samples),
             **info,
         )
 
 
-def best_of_n(answers: dict[str, Any], ns: list[int], per_prompt: int, **info: Any) -> list[Point]:
-    """Best-of-n points from `per_prompt` >= max(ns) answers per prompt: the first n, the RM's favourite kept.
+def per_prompt(answers: dict[str, Any], num_samples: int) -> dict[str, list[float]]:
+    """Each prompt's mean over its `num_samples` answers (answers are grouped by prompt), per score."""
+    out = {}
+    for key in ("true", "kl", "rm", "length"):
+        if answers.get(key) is not None:
+            values = np.asarray(answers[key], dtype=np.float64).reshape(-1, num_samples)
+            out[key] = values.mean(1).tolist()
+    return out
+
+
+def best_of_n(answers: dict[str, Any], ns: list[int], per_prompt_n: int, **info: Any) -> list[Point]:
+    """Best-of-n points from `per_prompt_n` >= max(ns) answers per prompt: the first n, the RM's favourite kept.
 
     The KL of best-of-n to the sampler is log n - (n - 1) / n (Stiennon et al. 2020, appendix G.3).
     """
-    true = answers["true"].view(-1, per_prompt)
-    rm = answers["rm"].view(-1, per_prompt)
-    length = answers["length"].view(-1, per_prompt)
+    true = answers["true"].view(-1, per_prompt_n)
+    rm = answers["rm"].view(-1, per_prompt_n)
+    length = answers["length"].view(-1, per_prompt_n)
     points = []
     for n in sorted(set(ns)):
         pick = rm[:, :n].argmax(-1, keepdim=True)
-        reward, reward_se = mean_se(true.gather(1, pick).squeeze(1))
+        picked = {"true": true.gather(1, pick).squeeze(1), "rm": rm.gather(1, pick).squeeze(1)}
+        picked["length"] = length.gather(1, pick).squeeze(1).float()
+        reward, reward_se = mean_se(picked["true"])
+        kl = math.log(n) - (n - 1) / n
         points.append(
             Point(
                 method=f"best-of-{n}",
                 step=n,
                 true_reward=reward,
                 true_reward_se=reward_se,
-                kl=math.log(n) - (n - 1) / n,
+                kl=kl,
                 kl_se=0.0,
-                rm_score=float(rm.gather(1, pick).mean()),
-                length=float(length.gather(1, pick).float().mean()),
+                rm_score=float(picked["rm"].mean()),
+                length=float(picked["length"].mean()),
                 final=n == max(ns),
+                per_prompt={**{k: v.double().tolist() for k, v in picked.items()}, "kl": [kl] * len(true)},
                 **info,
             )
         )
@@ -182,104 +237,156 @@ def _copy_events(run: Path, dest: Path) -> None:
         shutil.copy2(events, dest / events.name)
 
 
-def run_compare(pipeline: Pipeline, log: Callable[[str], None] = print) -> CompareResult:
-    """Run (or reuse) what the comparison needs, evaluate every policy, write table, figures and TensorBoard."""
+def _peak(status: dict[str, Any]) -> float | None:
+    value = status.get("peak_cuda_mb", status.get("peak_rss_mb"))
+    return float(value) if value is not None else None
+
+
+def run_compare(
+    pipeline: Pipeline,
+    log: Callable[[str], None] = print,
+    *,
+    jobs: int = 1,
+    executor: str = "local",
+    slurm: dict[str, Any] | None = None,
+) -> CompareResult:
+    """Run (or reuse) what the comparison needs, evaluate every policy of every seed, write the statistics,
+    table, figures and TensorBoard runs. Seeds whose baseline did not finish are left out; methods that did not
+    finish in a seed count one seed fewer (the table's n says so)."""
     import torch
-    from torch.utils.tensorboard import SummaryWriter
 
     from alignkit.console import open_log_file
-    from alignkit.models import ModelSpec, build_causal_lm, load_tokenizer
+    from alignkit.models import ModelSpec, load_tokenizer
+
+    spec: CompareSpec = pipeline.compare
+    done = run_pipeline(pipeline, only=spec.needed(pipeline), log=log, jobs=jobs, executor=executor, slurm=slurm)
+    seeds: list[int | None] = list(pipeline.seeds or [None])
+    usable = [s for s in seeds if pipeline.node(spec.baseline, s).label in done.runs]
+    if not usable:
+        done.check()
+    out = next_version(pipeline.root / COMPARE_DIR)
+    out.mkdir(parents=True)
+    open_log_file(out, name="compare.log")  # the evaluation's library logs, under `with_run_output` (the CLI)
+    result = CompareResult(out, baseline=spec.baseline, failed=dict(done.failed))
+
+    first = done.runs[pipeline.node(spec.baseline, usable[0]).label]
+    tokenizer = load_tokenizer(ModelSpec(path=str(first / "hf" / "policy")))
+    baseline_cfg = pipeline.stages[spec.baseline].config
+    use_cuda = torch.cuda.is_available() and baseline_cfg.hardware.accelerator in ("auto", "gpu", "cuda")
+    device = torch.device("cuda" if use_cuda else "cpu")
+    evaluator = Evaluator(spec, tokenizer, device)
+    names = spec.run_names(pipeline)
+    log(
+        f"[compare] {evaluator.num_prompts} held-out prompts x {spec.samples_per_prompt} samples, "
+        f"{len(names)} methods x {len(seeds)} seed(s), on {device}"
+    )
+    samples: list[dict[str, Any]] = []
+    for seed in usable:
+        result.points += _evaluate_seed(pipeline, done, evaluator, seed, samples, log)
+    result.rows = aggregate(result.points, spec)
+    write_table(result, evaluator.num_prompts, spec, pipeline)
+    write_tensorboard(result, pipeline, done)
+    (out / "samples.jsonl").write_text("".join(json.dumps(s) + "\n" for s in samples))
+    (out / "results.json").write_text(
+        json.dumps(
+            {
+                "pipeline": pipeline.source,
+                "seeds": seeds,
+                "shared": sorted(pipeline.shared),
+                "runs": {k: str(v) for k, v in done.runs.items()},
+                "failed": done.failed,
+                "prompts": evaluator.num_prompts,
+                "spec": spec.model_dump(mode="json"),
+                "rows": [_row_json(r) for r in result.rows],
+                "points": [asdict(p) for p in result.points],
+            },
+            indent=1,
+        )
+        + "\n"
+    )
+    plot(result, out)
+    return result
+
+
+def _evaluate_seed(
+    pipeline: Pipeline,
+    done: PipelineResult,
+    evaluator: Evaluator,
+    seed: int | None,
+    samples: list[dict[str, Any]],
+    log: Callable[[str], None],
+) -> list[Point]:
+    """Every point of one pipeline seed: its baseline, best-of-n and each method's checkpoints and final policy."""
+    from alignkit.models import ModelSpec, build_causal_lm
     from alignkit.rewards.sources import build_source
     from alignkit.rewards.spec import ModelSourceSpec
 
     spec: CompareSpec = pipeline.compare
-    names = spec.run_names(pipeline)
+    tag = "[compare]" if seed is None else f"[compare seed {seed}]"
+    base_run = done.runs[pipeline.node(spec.baseline, seed).label]
+    tokenizer = evaluator.tokenizer
+    reference = build_causal_lm(ModelSpec(path=str(base_run / "hf" / "policy")), tokenizer)
     rm_stage = spec.reward_stage(pipeline)
-    runs = run_pipeline(pipeline, only=spec.needed(pipeline), log=log)
-    out = next_version(pipeline.root / COMPARE_DIR)
-    out.mkdir(parents=True)
-    open_log_file(out, name="compare.log")  # the evaluation's library logs, under `with_run_output` (the CLI)
-    result = CompareResult(out)
-
-    baseline_path = runs[spec.baseline] / "hf" / "policy"
-    tokenizer = load_tokenizer(ModelSpec(path=str(baseline_path)))
-    baseline_cfg = pipeline.stages[spec.baseline].config
-    use_cuda = torch.cuda.is_available() and baseline_cfg.hardware.accelerator in ("auto", "gpu", "cuda")
-    device = torch.device("cuda" if use_cuda else "cpu")
-    reference = build_causal_lm(ModelSpec(path=str(baseline_path)), tokenizer)
     reward_model = None
-    if rm_stage is not None:
-        rm_spec = ModelSourceSpec(model=ModelSpec(path=str(runs[rm_stage] / "hf" / "reward_model")))
-        reward_model = build_source(rm_spec, tokenizer).to(device).eval()
-    evaluator = Evaluator(spec, tokenizer, reference, reward_model, device)
-    log(
-        f"[compare] {evaluator.num_prompts} held-out prompts x {spec.samples_per_prompt} samples, "
-        f"{len(names)} methods, on {device}"
-    )
-    samples: list[dict[str, Any]] = []
+    rm_label = pipeline.node(rm_stage, seed).label if rm_stage is not None else None
+    if rm_label is not None and rm_label in done.runs:
+        rm_spec = ModelSourceSpec(model=ModelSpec(path=str(done.runs[rm_label] / "hf" / "reward_model")))
+        reward_model = build_source(rm_spec, tokenizer).to(evaluator.device).eval()
+    evaluator.for_seed(reference, reward_model, seed)
 
-    def keep_samples(method: str, answers: dict[str, Any], per_prompt: int) -> None:
-        for i in range(0, min(len(answers["prompt"]), 3 * per_prompt), per_prompt):
+    def keep_samples(method: str, answers: dict[str, Any], per_prompt_n: int) -> None:
+        for i in range(0, min(len(answers["prompt"]), 3 * per_prompt_n), per_prompt_n):
             samples.append(
                 {
                     "method": method,
+                    "seed": seed,
                     "prompt": answers["prompt"][i],
                     "response": answers["response"][i],
                     "true_reward": float(answers["true"][i]),
                 }
             )
 
-    tb_root = out / "tensorboard"
-
-    def record(stage: str, points: list[Point], started: float | None) -> None:
-        with SummaryWriter(str(tb_root / stage)) as writer:
-            for p in points:
-                # wall time = when the run reached this point, so TensorBoard's "relative" axis is training time
-                when = started + p.train_time_s if started is not None and p.train_time_s is not None else None
-                values = (p.true_reward, p.kl, p.rm_score, p.length)
-                for tag, value in zip(TAGS, values, strict=True):
-                    if value is not None:
-                        writer.add_scalar(tag, value, p.step, walltime=when)
-
-    # the baseline, and best-of-n from its samples
-    base_status = read_run_record(runs[spec.baseline])
-    base_info = {"stage": spec.baseline, "algorithm": pipeline.stages[spec.baseline].algorithm}
-    per_prompt = max([spec.samples_per_prompt, *(spec.best_of_n if reward_model is not None else [])])
-    t0 = time.perf_counter()
-    answers = evaluator.answer(reference, per_prompt)
-    log(f"[compare] {spec.baseline}: {per_prompt} samples per prompt in {time.perf_counter() - t0:.1f}s")
+    points: list[Point] = []
+    base_status = read_run_record(base_run)
+    n_best = spec.best_of_n if reward_model is not None else []
+    per_prompt_n = max([spec.samples_per_prompt, *n_best])
+    answers = evaluator.answer(reference, per_prompt_n)
     # the baseline row uses as many samples per prompt as every other row: the first of each prompt's
     first = {
-        k: v.view(-1, per_prompt)[:, : spec.samples_per_prompt].reshape(-1) if v is not None else None
+        k: v.view(-1, per_prompt_n)[:, : spec.samples_per_prompt].reshape(-1) if v is not None else None
         for k, v in answers.items()
         if k not in ("prompt", "response")
     }
-    base = evaluator.point(
-        first,
-        method=spec.baseline,
-        step=int(base_status.get("global_step", 0)),
-        train_time_s=base_status.get("wall_time_s"),
-        peak_mem_mb=_peak(base_status),
-        **base_info,
-    )
-    result.points.append(base)
-    keep_samples(spec.baseline, answers, per_prompt)
-    if reward_model is not None and spec.best_of_n:
-        result.points += best_of_n(
-            answers, spec.best_of_n, per_prompt, stage=spec.baseline, algorithm="best_of_n", train_time_s=None
+    info = {"stage": spec.baseline, "algorithm": pipeline.stages[spec.baseline].algorithm, "seed": seed}
+    points.append(
+        evaluator.point(
+            first,
+            spec.samples_per_prompt,
+            method=spec.baseline,
+            step=0,
+            train_time_s=base_status.get("wall_time_s"),
+            peak_mem_mb=_peak(base_status),
+            **info,
         )
-    _copy_events(runs[spec.baseline], tb_root / spec.baseline)
-    if rm_stage is not None:
-        _copy_events(runs[rm_stage], tb_root / rm_stage)
-
-    for name in names:
-        run, stage = runs[name], pipeline.stages[name]
+    )
+    keep_samples(spec.baseline, answers, per_prompt_n)
+    if n_best:
+        points += best_of_n(
+            answers, n_best, per_prompt_n, stage=spec.baseline, algorithm=BEST_OF, train_time_s=None, seed=seed
+        )
+    for name in spec.run_names(pipeline):
+        label = pipeline.node(name, seed).label
+        if label not in done.runs:
+            why = done.failed.get(label, "did not run").split(":")[0]
+            log(f"{tag} {name}: left out ({why}; see above)")
+            continue
+        run, stage = done.runs[label], pipeline.stages[name]
         status = read_run_record(run)
         updates = stage.config.algorithm.updates_per_step()
         final_policy = build_causal_lm(ModelSpec(path=str(run / "hf" / "policy")), tokenizer)
-        info = {"stage": name, "algorithm": stage.algorithm}
+        info = {"stage": name, "algorithm": stage.algorithm, "seed": seed}
         started = status.get("started")
-        points = []
+        t0 = time.perf_counter()
         if spec.checkpoints:
             # a sharded (FSDP) checkpoint is a directory: not read here
             for step, ckpt in [(s, c) for s, c in step_checkpoints(run / "checkpoints") if c.is_file()]:
@@ -289,13 +396,19 @@ def run_compare(pipeline: Pipeline, log: Callable[[str], None] = print) -> Compa
                 elapsed = ckpt.stat().st_mtime - started if started else None
                 points.append(
                     evaluator.point(
-                        answers, method=name, step=step // updates, train_time_s=elapsed, final=False, **info
+                        answers,
+                        spec.samples_per_prompt,
+                        method=name,
+                        step=step // updates,
+                        train_time_s=elapsed,
+                        final=False,
+                        **info,
                     )
                 )
-        t0 = time.perf_counter()
         answers = evaluator.answer(final_policy, spec.samples_per_prompt)
         final = evaluator.point(
             answers,
+            spec.samples_per_prompt,
             method=name,
             step=int(status.get("global_step", 0)),
             train_time_s=status.get("wall_time_s"),
@@ -304,52 +417,89 @@ def run_compare(pipeline: Pipeline, log: Callable[[str], None] = print) -> Compa
         )
         points.append(final)
         keep_samples(name, answers, spec.samples_per_prompt)
-        log(
-            f"[compare] {name}: true reward {final.true_reward:+.3f}, KL {final.kl:.2f} "
-            f"({len(points)} points, {time.perf_counter() - t0:.1f}s for the final one)"
+        log(f"{tag} {name}: true reward {final.true_reward:+.3f}, KL {final.kl:.2f} ({time.perf_counter() - t0:.1f} s)")
+    return points
+
+
+def aggregate(points: list[Point], spec: CompareSpec) -> list[Row]:
+    """One Row per (method, step) over the seeds that have it: bootstrap statistics of the per-prompt means."""
+    groups: dict[tuple[str, int], list[Point]] = {}
+    for p in points:
+        groups.setdefault((p.method, p.step), []).append(p)
+    rows = []
+    for (method, step), found in groups.items():
+        found = sorted(found, key=lambda p: -1 if p.seed is None else p.seed)
+        stats = {
+            key: summarize(
+                {method: np.array([p.per_prompt[key] for p in found])},
+                reps=spec.bootstrap_reps,
+                prompts=spec.bootstrap_prompts,
+            )[method]
+            for key in ("true", "kl")
+        }
+        rm = [p.rm_score for p in found if p.rm_score is not None]
+        times = [p.train_time_s for p in found if p.train_time_s is not None]
+        mems = [p.peak_mem_mb for p in found if p.peak_mem_mb is not None]
+        rows.append(
+            Row(
+                method=method,
+                algorithm=found[0].algorithm,
+                step=step,
+                final=found[0].final,
+                seeds=[p.seed for p in found],
+                reward=stats["true"],
+                kl=stats["kl"],
+                rm_score=float(np.mean(rm)) if rm else None,
+                length=float(np.mean([p.length for p in found])),
+                train_time_s=float(np.mean(times)) if times else None,
+                train_time_range=(min(times), max(times)) if times else None,
+                peak_mem_mb=float(np.mean(mems)) if mems else None,
+            )
         )
-        _copy_events(run, tb_root / name)
-        record(name, [Point(**{**asdict(base), "final": False, "step": 0, "train_time_s": 0.0}), *points], started)
-        result.points += points
-    record(spec.baseline, [base], base_status.get("started"))
-
-    write_table(result, base, evaluator.num_prompts, spec)
-    (out / "samples.jsonl").write_text("".join(json.dumps(s) + "\n" for s in samples))
-    (out / "results.json").write_text(
-        json.dumps(
-            {
-                "pipeline": pipeline.source,
-                "runs": {k: str(v) for k, v in runs.items()},
-                "prompts": evaluator.num_prompts,
-                "spec": spec.model_dump(mode="json"),
-                "points": [asdict(p) for p in result.points],
-            },
-            indent=2,
-        )
-        + "\n"
-    )
-    plot(result, base, out)
-    return result
+    return rows
 
 
-def _peak(status: dict[str, Any]) -> float | None:
-    value = status.get("peak_cuda_mb", status.get("peak_rss_mb"))
-    return float(value) if value is not None else None
+def _row_json(row: Row) -> dict[str, Any]:
+    return {**asdict(row), "reward": asdict(row.reward), "kl": asdict(row.kl)}
+
+
+def final_scores(result: CompareResult, key: str = "true") -> dict[str, np.ndarray]:
+    """method -> [seeds x prompts] per-prompt scores of its final policy, seeds in one order for every method."""
+    out: dict[str, list[list[float]]] = {}
+    for p in sorted(result.finals(), key=lambda p: -1 if p.seed is None else p.seed):
+        out.setdefault(p.method, []).append(p.per_prompt[key])
+    return {m: np.array(v) for m, v in out.items()}
 
 
 def _fmt(value: float | None, digits: int = 2, unit: str = "") -> str:
     return "–" if value is None else f"{value:.{digits}f}{unit}"
 
 
+def _ci(s: Summary, digits: int = 2, sign: bool = False) -> str:
+    f = f"+.{digits}f" if sign else f".{digits}f"
+    return f"{s.mean:{f}} [{s.ci[0]:{f}}, {s.ci[1]:{f}}]"
+
+
+PROMPT_DRAW = {
+    "crossed": "one draw for every seed, since every seed answers the same prompts",
+    "nested": "redrawn within each seed",
+}
 COLUMNS = (
     "method",
     "algorithm",
     "step",
+    "final",
+    "n_seeds",
     "true_reward",
     "true_reward_se",
+    "true_reward_ci_low",
+    "true_reward_ci_high",
+    "true_reward_iqm",
     "delta_vs_baseline",
     "kl",
     "kl_se",
+    "kl_ci_low",
+    "kl_ci_high",
     "rm_score",
     "length",
     "train_time_s",
@@ -357,94 +507,147 @@ COLUMNS = (
 )
 
 
-def write_table(result: CompareResult, base: Point, num_prompts: int, spec: CompareSpec) -> None:
-    """summary.md (final points) and summary.csv (every point, checkpoints included)."""
+def write_table(result: CompareResult, num_prompts: int, spec: CompareSpec, pipeline: Pipeline | None = None) -> None:
+    """summary.md (final rows, ranking, probability of improvement) and summary.csv (every row, checkpoints too)."""
     out = result.out_dir
+    base = next(r for r in result.rows if r.method == result.baseline and r.final)
     with (out / "summary.csv").open("w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow([*COLUMNS, "final"])
-        for p in result.points:
-            row = asdict(p)
-            row["delta_vs_baseline"] = p.true_reward - base.true_reward
-            writer.writerow([row[c] for c in COLUMNS] + [p.final])
-    lines = [
-        f"True reward, KL to `{base.stage}` and reward-model score on {num_prompts} held-out prompts x "
-        f"{spec.samples_per_prompt} samples (temperature {spec.temperature}); ± is one standard error.",
-        "",
-        "| method | true reward | vs " + base.method + " | KL (nats) | RM score | length | train time | peak memory |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    for p in result.finals():
-        delta = p.true_reward - base.true_reward
-        lines.append(
-            f"| {p.method} | {p.true_reward:+.3f} ± {p.true_reward_se:.3f} | "
-            f"{'–' if p is base else f'{delta:+.3f}'} | {p.kl:.2f} | {_fmt(p.rm_score)} | {p.length:.1f} | "
-            f"{_fmt(p.train_time_s, 0, ' s')} | {_fmt(p.peak_mem_mb, 0, ' MB')} |"
+        writer.writerow(COLUMNS)
+        for r in result.rows:
+            writer.writerow(
+                [
+                    r.method,
+                    r.algorithm,
+                    r.step,
+                    r.final,
+                    r.reward.n_seeds,
+                    r.reward.mean,
+                    r.reward.se,
+                    *r.reward.ci,
+                    r.reward.iqm,
+                    r.reward.mean - base.reward.mean,
+                    r.kl.mean,
+                    r.kl.se,
+                    *r.kl.ci,
+                    r.rm_score,
+                    r.length,
+                    r.train_time_s,
+                    r.peak_mem_mb,
+                ]
+            )
+    seeds = sorted({s for r in result.rows for s in r.seeds if s is not None})
+    shared = [s for s in pipeline.stages if s in pipeline.shared] if pipeline is not None else []
+    if seeds:
+        how = f"{len(seeds)} seeds ({', '.join(map(str, seeds))})"
+        how += (
+            f"; {', '.join(shared)} ran once and every seed started from {'it' if len(shared) == 1 else 'them'}"
+            if shared
+            else "; every stage ran once per seed, SFT included"
         )
+    else:
+        how = "one seed (set compare.seeds for intervals over seeds)"
+    lines = [
+        f"True reward, KL to `{base.method}` and reward-model score on {num_prompts} held-out prompts x "
+        f"{spec.samples_per_prompt} samples (temperature {spec.temperature}), {how}.",
+        f"Brackets: 95% bootstrap interval ({spec.bootstrap_reps} replicates: seeds resampled, then prompts, "
+        f"{PROMPT_DRAW[spec.bootstrap_prompts]}); IQM: interquartile mean of the per-seed means; n: seeds.",
+        "",
+        f"| method | n | true reward [95% CI] | IQM | vs {base.method} | KL (nats) [95% CI] | RM score | length "
+        "| train time | peak memory |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in result.final_rows():
+        delta = r.reward.mean - base.reward.mean
+        lines.append(
+            f"| {r.method} | {r.reward.n_seeds} | {_ci(r.reward, 3, sign=True)} | {r.reward.iqm:+.3f} | "
+            f"{'–' if r is base else f'{delta:+.3f}'} | {_ci(r.kl)} | {_fmt(r.rm_score)} | {r.length:.1f} | "
+            f"{_fmt(r.train_time_s, 0, ' s')} | {_fmt(r.peak_mem_mb, 0, ' MB')} |"
+        )
+    lines += ["", *ranking_lines(result)]
+    methods, matrix, low, high = _improvement(result, spec)
+    if len(methods) > 1:
+        lines += [
+            "",
+            "Probability of improvement P(row > column): the chance that, on a random held-out prompt, a random "
+            "seed's run of the row's method earns more true reward than one of the column's (Agarwal et al. 2021), "
+            "95% bootstrap interval in brackets.",
+            "",
+            "| P(row > column) | " + " | ".join(methods) + " |",
+            "|---|" + "---:|" * len(methods),
+        ]
+        for i, m in enumerate(methods):
+            cells = [
+                "–" if i == j else f"{matrix[i, j]:.2f} [{low[i, j]:.2f}, {high[i, j]:.2f}]"
+                for j in range(len(methods))
+            ]
+            lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    if result.failed:
+        lines += ["", "Runs that did not finish (left out above):", ""]
+        lines += [f"- `{label}`: {why}" for label, why in result.failed.items()]
     (out / "summary.md").write_text("\n".join(lines) + "\n")
 
 
-def plot(result: CompareResult, base: Point, out: Path) -> None:
-    """frontier.png (true reward vs KL) and reward_vs_time.png (true reward vs training time)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    methods = [p.method for p in result.finals() if p.stage != base.stage and p.algorithm != "best_of_n"]
-    colors = {m: plt.get_cmap("tab10")(i % 10) for i, m in enumerate(methods)}
-
-    def curve(method: str) -> list[Point]:
-        return sorted((p for p in result.points if p.method == method), key=lambda p: p.step)
-
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    bon = [p for p in result.points if p.algorithm == "best_of_n"]
-    if bon:
-        ax.plot([p.kl for p in bon], [p.true_reward for p in bon], "k--", lw=1, marker=".", label="best-of-n")
-        for p in bon:
-            ax.annotate(str(p.step), (p.kl, p.true_reward), textcoords="offset points", xytext=(3, -9), fontsize=7)
-    ax.errorbar([0], [base.true_reward], yerr=[base.true_reward_se], fmt="ks", label=f"{base.method} (start)")
-    for m in methods:
-        pts = curve(m)
-        xs, ys = [0.0, *(p.kl for p in pts)], [base.true_reward, *(p.true_reward for p in pts)]
-        ax.plot(xs, ys, "-", color=colors[m], alpha=0.5, lw=1)
-        last = pts[-1]
-        ax.errorbar([last.kl], [last.true_reward], yerr=[last.true_reward_se], fmt="o", color=colors[m], label=m)
-    _finish(
-        fig,
-        ax,
-        "KL(policy || start) per response, nats",
-        "Reward vs KL: lines follow each run's checkpoints",
-        out / "frontier.png",
-    )
-
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    ax.axhline(base.true_reward, color="k", ls=":", lw=1, label=f"{base.method} (start)")
-    for m in methods:
-        pts = [p for p in curve(m) if p.train_time_s is not None]
-        if not pts:
-            continue
-        ax.plot(
-            [0.0, *(p.train_time_s for p in pts)],
-            [base.true_reward, *(p.true_reward for p in pts)],
-            "-o",
-            color=colors[m],
-            ms=3,
-            lw=1,
-            label=m,
-        )
-    _finish(fig, ax, "training wall time of the stage, s", "Reward vs training time", out / "reward_vs_time.png")
+def ranking_lines(result: CompareResult) -> list[str]:
+    """The order of the final rows by true reward, claimed only where the 95% intervals separate."""
+    summaries = {r.method: r.reward for r in result.final_rows()}
+    return ["Ranking by true reward (an order is claimed only where the 95% intervals do not overlap):", ""] + [
+        f"    {line}" for line in separable_order(summaries)
+    ]
 
 
-def _finish(fig: Any, ax: Any, xlabel: str, title: str, path: Path) -> None:
-    """Labels, grid and legend of a true-reward figure, saved to `path` and closed."""
-    import matplotlib.pyplot as plt
+def _improvement(result: CompareResult, spec: CompareSpec) -> tuple[list[str], Any, Any, Any]:
+    scores = final_scores(result)
+    return improvement_matrix(scores, reps=spec.bootstrap_reps, prompts=spec.bootstrap_prompts)
 
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel("true reward (held-out prompts)")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="best")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+
+def write_tensorboard(result: CompareResult, pipeline: Pipeline, done: PipelineResult) -> None:
+    """tensorboard/<method>/seed_<k>: the run's training events and its `compare/*` points; <method>/mean: the
+    seed mean of every `compare/*` tag. Best-of-n and the baseline's own points go under the baseline."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    root = result.out_dir / "tensorboard"
+    spec: CompareSpec = pipeline.compare
+    base = {p.seed: p for p in result.finals() if p.method == spec.baseline}
+
+    def write(dest: Path, points: list[tuple[int, float | None, tuple[float | None, ...]]]) -> None:
+        with SummaryWriter(str(dest)) as writer:
+            for step, when, values in points:
+                for tag, value in zip(TAGS, values, strict=True):
+                    if value is not None:
+                        writer.add_scalar(tag, value, step, walltime=when)
+
+    def values(p: Point | Row) -> tuple[float | None, ...]:
+        if isinstance(p, Row):
+            return (p.reward.mean, p.kl.mean, p.rm_score, p.length)
+        return (p.true_reward, p.kl, p.rm_score, p.length)
+
+    for method in dict.fromkeys(p.method for p in result.points if p.algorithm != BEST_OF):
+        stage = method
+        for seed in dict.fromkeys(p.seed for p in result.points if p.method == method):
+            node = pipeline.node(stage, seed)
+            dest = root / method / ("run" if seed is None else f"seed_{seed}")
+            run = done.runs[node.label]
+            _copy_events(run, dest)
+            started = read_run_record(run).get("started")
+            mine = sorted((p for p in result.points if p.method == method and p.seed == seed), key=lambda p: p.step)
+            if method != spec.baseline and seed in base:  # each curve starts at the baseline
+                mine = [Point(**{**asdict(base[seed]), "step": 0, "train_time_s": 0.0}), *mine]
+            write(
+                dest,
+                [
+                    (p.step, started + p.train_time_s if started and p.train_time_s is not None else None, values(p))
+                    for p in mine
+                ],
+            )
+        rows = sorted((r for r in result.rows if r.method == method), key=lambda r: r.step)
+        if method != spec.baseline:  # the mean curve starts at the baseline's mean too
+            rows = [r for r in result.final_rows() if r.method == spec.baseline] + rows
+        write(root / method / "mean", [(0 if r.method == spec.baseline else r.step, None, values(r)) for r in rows])
+
+
+def plot(result: CompareResult, out: Path) -> None:
+    """frontier.png, curves.png, improvement.png and reward_vs_time.png."""
+    from alignkit.compare_plots import plot_all
+
+    plot_all(result, out)

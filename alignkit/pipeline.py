@@ -21,15 +21,11 @@ last checkpoint; any other is run afresh, and so is everything downstream of it,
 from __future__ import annotations
 
 import copy
-import os
-import subprocess
 import sys
-import tempfile
-import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import Field, ValidationError
@@ -41,7 +37,7 @@ from alignkit.config.load import check_numbers, prepare, read_raw, validate_dict
 from alignkit.data.spec import SourceSpec
 from alignkit.registry import did_you_mean
 from alignkit.rewards.spec import RewardSourceSpec
-from alignkit.rundir import LAST, RunError, read_status, step_checkpoints, versions
+from alignkit.rundir import LAST, RunError, next_version, read_run_record, read_status, step_checkpoints, versions
 
 STAGE_KEY = "from_stage"
 PIPELINE_KEYS = ("name", "description", "defaults", "stages", "compare")
@@ -51,6 +47,7 @@ IDENTITY_KEYS = frozenset({STAGE_KEY, "path", "preset", "architecture", "generat
 # Keys that never make two runs of a stage different.
 IGNORED = (("description",), ("logging", "version"), ("logging", "progress_bar"), ("checkpoint", "resume"))
 PENDING = "<not run yet>"
+SEED_DIR = "seed_{}"
 
 
 def is_pipeline(path: str | Path) -> bool:
@@ -143,7 +140,37 @@ class CompareSpec(Spec):
         True, description="Also evaluate each compared run's saved step checkpoints: a curve per method."
     )
     micro_batch_size: int = Field(32, ge=1, description="Prompts per generation batch.")
-    seed: int = Field(1234, ge=0, le=2**32 - 1, description="Sampling seed; every policy answers with the same seed.")
+    seed: int = Field(
+        1234,
+        ge=0,
+        le=2**32 - 1,
+        description="Sampling seed; every policy of one pipeline seed answers with the same stream (derived per seed).",
+    )
+    seeds: list[Annotated[int, Field(ge=0, le=2**31 - 1)]] | Annotated[int, Field(ge=1, le=1000)] | None = Field(
+        None,
+        description="Run every stage once per seed: a list of seeds, or a count n for seeds 0..n-1. A seeded run "
+        "sets `trainer.seed` to the seed and derives each data generator's `seed` argument from it (seed 0 keeps the "
+        "file's), into <root>/<pipeline>/seed_<k>/<stage>/. Unset: one run per stage, with the file's seeds.",
+    )
+    shared: list[str] = Field(
+        [],
+        description="Stages run once, with the file's own seeds, and read by every seed (e.g. [sft, rm]: one SFT "
+        "policy and one reward model, so that only each method's own randomness varies across seeds).",
+    )
+    bootstrap_reps: int = Field(
+        2000, ge=100, le=100_000, description="Bootstrap replicates of every confidence interval (95%, percentile)."
+    )
+    bootstrap_prompts: Literal["crossed", "nested"] = Field(
+        "crossed",
+        description="How a bootstrap replicate redraws prompts after drawing seeds: `crossed` draws one set of "
+        "prompts for every drawn seed (every seed answers the same prompts, so a prompt's difficulty is shared), "
+        "`nested` redraws them within each drawn seed (narrower intervals when prompts differ a lot).",
+    )
+
+    def seed_list(self) -> list[int] | None:
+        if self.seeds is None:
+            return None
+        return list(range(self.seeds)) if isinstance(self.seeds, int) else list(self.seeds)
 
     def problems(self, pipeline: Any) -> list[Problem]:
         """Stage names that do not exist or do not hold what this section needs."""
@@ -165,6 +192,30 @@ class CompareSpec(Spec):
             found.append(Problem("compare.reward_model", f"'{rm}' is not a stage that trains a reward_model"))
         if any(n < 1 for n in self.best_of_n):
             found.append(Problem("compare.best_of_n", f"every n must be at least 1 (got {self.best_of_n})"))
+        seeds = self.seed_list()
+        if seeds is not None and len(set(seeds)) != len(seeds):
+            found.append(Problem("compare.seeds", f"a seed appears twice (got {seeds})"))
+        if self.shared and seeds is None:
+            found.append(Problem("compare.shared", "shares stages across seeds, and compare.seeds is not set"))
+        for i, name in enumerate(self.shared):
+            if name not in stages:
+                names = list(stages)
+                found.append(
+                    Problem(
+                        f"compare.shared[{i}]",
+                        f"unknown stage '{name}'; allowed: {', '.join(names)}{did_you_mean(name, names)}",
+                    )
+                )
+                continue
+            seeded = [s for s in pipeline.upstream([name]) if s not in self.shared]
+            if seeded:
+                found.append(
+                    Problem(
+                        f"compare.shared[{i}]",
+                        f"stage '{name}' reads {', '.join(seeded)}, which runs once per seed; share "
+                        f"{', '.join(seeded)} too, or do not share '{name}'",
+                    )
+                )
         return found
 
     def run_names(self, pipeline: Any) -> list[str]:
@@ -185,16 +236,62 @@ class CompareSpec(Spec):
 
 @dataclass
 class Stage:
+    """A stage as declared: the template of its runs (one per seed, or one shared by all seeds)."""
+
     name: str
     raw: dict[str, Any]  # defaults merged in, name and logging.root set; presets and refs unresolved
     needs: list[str]  # stages it reads from
     algorithm: str
     trained: tuple[str, ...]
-    config: Any = None  # ExperimentConfig: placeholder paths for upstream stages not run yet, real ones after
+    config: Any = None  # ExperimentConfig with the file's seeds and placeholder paths upstream (validation)
 
     @property
     def root(self) -> Path:
         return Path(self.raw["logging"]["root"]) / self.name
+
+
+@dataclass
+class Node:
+    """One run of a stage: for one seed (`seed_<k>/<stage>`), or once for every seed (`<stage>`)."""
+
+    stage: Stage
+    seed: int | None  # None: the file's own seeds (a shared stage, or a pipeline without compare.seeds)
+    raw: dict[str, Any]
+    config: Any = None  # ExperimentConfig with upstream run paths, set by `plan`
+
+    @property
+    def label(self) -> str:
+        return self.stage.name if self.seed is None else f"{SEED_DIR.format(self.seed)}/{self.stage.name}"
+
+    @property
+    def root(self) -> Path:
+        return Path(self.raw["logging"]["root"]) / self.stage.name
+
+
+def derive_seed(value: int, seed: int) -> int:
+    """A data generator's seed for pipeline seed `seed`: the file's value for seed 0, else a hash of both
+    (so that seed k's data are not seed k+1's shifted by one generator)."""
+    if seed == 0:
+        return value
+    import numpy as np
+
+    return int(np.random.SeedSequence([value, seed]).generate_state(1)[0]) % 2**31
+
+
+def seeded(raw: dict[str, Any], seed: int, root: Path) -> dict[str, Any]:
+    """A stage's raw config for one pipeline seed: trainer.seed, generator seeds and its own root."""
+    out = copy.deepcopy(raw)
+    if not isinstance(out.get("trainer"), dict):
+        out["trainer"] = {}
+    out["trainer"]["seed"] = seed
+    data = out.get("data")
+    for key in ("train", "eval") if isinstance(data, dict) else ():
+        source = data.get(key)
+        args = source.get("args") if isinstance(source, dict) and "generator" in source else None
+        if isinstance(args, dict) and isinstance(args.get("seed"), int) and not isinstance(args["seed"], bool):
+            args["seed"] = derive_seed(args["seed"], seed)
+    out["logging"]["root"] = str(root / SEED_DIR.format(seed))
+    return out
 
 
 @dataclass
@@ -205,7 +302,35 @@ class Pipeline:
     stages: dict[str, Stage]  # in run order: every stage after the stages it reads from
     root: Path  # <logging.root>/<name>: one TensorBoard directory for every stage
     compare: CompareSpec | None = None
-    runs: dict[str, Path] = field(default_factory=dict)
+    nodes: dict[str, Node] = field(default_factory=dict)  # label -> run of a stage, in run order
+    runs: dict[str, Path] = field(default_factory=dict)  # label -> its run directory (planned or finished)
+
+    @property
+    def seeds(self) -> list[int] | None:
+        return self.compare.seed_list() if self.compare is not None else None
+
+    @property
+    def shared(self) -> frozenset[str]:
+        return frozenset(self.compare.shared) if self.compare is not None else frozenset()
+
+    def expand(self) -> None:
+        """`nodes`: every stage once per seed, or once when shared or when the pipeline has no seeds."""
+        seeds = self.seeds
+        self.nodes = {}
+        for stage in self.stages.values():
+            if seeds is None or stage.name in self.shared:
+                node = Node(stage, None, stage.raw)
+                self.nodes[node.label] = node
+                continue
+            for seed in seeds:
+                node = Node(stage, seed, seeded(stage.raw, seed, self.root))
+                self.nodes[node.label] = node
+
+    def node(self, stage: str, seed: int | None) -> Node:
+        """The run of `stage` that seed `seed` reads."""
+        if seed is None or stage in self.shared:
+            return self.nodes[stage]
+        return self.nodes[f"{SEED_DIR.format(seed)}/{stage}"]
 
     def upstream(self, names: Iterable[str]) -> list[str]:
         """The given stages and every stage they read from, in run order."""
@@ -218,11 +343,21 @@ class Pipeline:
                 todo += self.stages[name].needs
         return [s for s in self.stages if s in wanted]
 
-    def export_path(self, stage: str, output: str | None) -> str:
-        """Where stage `stage` exports `output` (default: the first model it trains)."""
+    def upstream_nodes(self, names: Iterable[str]) -> list[str]:
+        """The labels of every run of the given stages and of the stages they read from, in run order."""
+        wanted = set(self.upstream(names))
+        return [label for label, node in self.nodes.items() if node.stage.name in wanted]
+
+    def reads(self, node: Node) -> list[str]:
+        """The labels of the runs `node` reads from."""
+        return [self.node(need, node.seed).label for need in dict.fromkeys(node.stage.needs)]
+
+    def export_path(self, node: Node, stage: str, output: str | None) -> str:
+        """Where the run of `stage` that `node` reads exports `output` (default: the first model it trains)."""
         section = output or self.stages[stage].trained[0]
-        run = self.runs.get(stage)
-        return str((run if run is not None else self.stages[stage].root / PENDING) / "hf" / section)
+        source = self.node(stage, node.seed)
+        run = self.runs.get(source.label)
+        return str((run if run is not None else source.root / PENDING) / "hf" / section)
 
 
 def _order(stages: dict[str, Stage], problems: list[Problem]) -> list[str]:
@@ -299,8 +434,14 @@ def load_pipeline(path: str | Path, overrides: Sequence[str] = ()) -> Pipeline:
         if not isinstance(body, dict):
             problems.append(Problem(where, f"should be an experiment config mapping (got {body!r})"))
             continue
-        if stage_name == "compare":
-            problems.append(Problem(where, "'compare' is reserved for `alignkit compare`'s output; rename the stage"))
+        if stage_name in ("compare", "submitit") or str(stage_name).startswith("seed_"):
+            problems.append(
+                Problem(
+                    where,
+                    f"'{stage_name}' is a directory name alignkit reserves under the pipeline's root "
+                    "(compare, submitit, seed_<k>); rename the stage",
+                )
+            )
         if not str(stage_name).isidentifier() or len(str(stage_name).encode("utf-8", "replace")) > 200:
             problems.append(
                 Problem(where, "a stage name must be a short Python-style identifier, e.g. sft, rm, ppo_beta")
@@ -394,12 +535,22 @@ def load_pipeline(path: str | Path, overrides: Sequence[str] = ()) -> Pipeline:
             problems += [Problem(p.path, p.message) for p in pipeline.compare.problems(pipeline)]
     if problems:
         raise ConfigError(problems, source=source)
+    pipeline.expand()
     return pipeline
 
 
 def resolve_stage(pipeline: Pipeline, stage: Stage) -> Any:
-    """The stage's ExperimentConfig, with `from_stage` replaced by the upstream runs' export paths."""
-    data = prepare(replace_refs(copy.deepcopy(stage.raw), pipeline.export_path))
+    """The stage's ExperimentConfig as declared: the file's seeds, placeholder paths for the stages it reads."""
+
+    def placeholder(name: str, output: str | None) -> str:
+        return str(pipeline.stages[name].root / PENDING / "hf" / (output or pipeline.stages[name].trained[0]))
+
+    return validate_dict(prepare(replace_refs(copy.deepcopy(stage.raw), placeholder)))
+
+
+def resolve(pipeline: Pipeline, node: Node) -> Any:
+    """A run's ExperimentConfig, with `from_stage` replaced by the export paths of the runs it reads."""
+    data = prepare(replace_refs(copy.deepcopy(node.raw), lambda stage, out: pipeline.export_path(node, stage, out)))
     return validate_dict(data)
 
 
@@ -410,16 +561,17 @@ def _config_of(run: Path) -> dict[str, Any] | None:
         return None
 
 
-def find_run(stage: Stage, config: Any) -> tuple[str, Path | None]:
+def find_run(where: Stage | Node, config: Any) -> tuple[str, Path | None]:
     """('reuse', run) for a finished run of this exact config; ('resume', last.ckpt) for an unfinished one;
     ('new', None) otherwise."""
     wanted = comparable(config.model_dump(mode="json"))
-    for run in reversed(versions(stage.root)):
+    trained = where.stage.trained if isinstance(where, Node) else where.trained
+    for run in reversed(versions(where.root)):
         saved = _config_of(run)
         if saved is None or comparable(saved) != wanted:
             continue
         status = read_status(run)
-        exports = all((run / "hf" / s).is_dir() for s in stage.trained) or not config.checkpoint.export_hf
+        exports = all((run / "hf" / s).is_dir() for s in trained) or not config.checkpoint.export_hf
         if status == "finished" and exports:
             return "reuse", run
         # `alignkit run` resumes from last.ckpt, or from the newest step checkpoint that reads intact
@@ -429,52 +581,23 @@ def find_run(stage: Stage, config: Any) -> tuple[str, Path | None]:
     return "new", None
 
 
-def _run_stage(config: Any, log: Callable[[str], None] = print) -> None:
-    """`alignkit run` of one resolved stage config in a child process; its output goes to `log`, indented
-    under the stage's line (warnings and errors too: stderr is merged, in order)."""
-    last = ""
-    with tempfile.TemporaryDirectory(prefix="alignkit-stage-") as tmp:
-        file = Path(tmp) / f"{config.name}.yaml"
-        file.write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
-        cmd = [sys.executable, "-m", "alignkit", "run", str(file)]
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        with subprocess.Popen(
-            cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace"
-        ) as child:
-            assert child.stdout is not None
-            for line in child.stdout:
-                if line.strip():
-                    log(f"  {line.rstrip()}")
-                    last = line.strip()
-        code = child.returncode
-    if code != 0:
-        said = f": {last[:300]}" if last else ""  # the error's last line, also when `log` prints nothing
-        raise RunError(
-            f"stage '{config.name}' failed (exit code {code}{said}); its run is under "
-            f"{config.logging.root}/{config.name}/. "
-            "Fix the cause and run the pipeline again: finished stages are reused and this one resumes from its "
-            "last checkpoint."
-        )
+@dataclass
+class Step:
+    """What running the pipeline does with one run: reuse it, resume it or start it, and where it goes."""
+
+    node: Node
+    action: str  # reuse | resume | new
+    run: Path  # the run directory: found, or the next free version_N for a new run
+    checkpoint: Path | None = None  # resume: the checkpoint the run continues from
 
 
-def plan(pipeline: Pipeline) -> dict[str, tuple[str, Path | None]]:
-    """What running every stage would do now: stage -> ('reuse', run) | ('resume', last.ckpt) | ('new', None).
+def plan(pipeline: Pipeline, only: Sequence[str] | None = None) -> dict[str, Step]:
+    """What running the stages `only` names (default all) and what they read would do now, label -> Step.
 
-    Reused runs are recorded in `pipeline.runs`, so stages downstream of them resolve to real paths.
+    Every run directory is decided here, new ones included (the next free version_N), and recorded in
+    `pipeline.runs`, so every downstream config holds its upstream paths before anything runs: the jobs can
+    then start together, each waiting only for what it reads (or be submitted to SLURM at once).
     """
-    found = {}
-    for name, stage in pipeline.stages.items():
-        stage.config = resolve_stage(pipeline, stage)
-        found[name] = find_run(stage, stage.config)
-        if found[name][0] == "reuse":
-            pipeline.runs[name] = found[name][1]  # type: ignore[assignment]
-    return found
-
-
-def run_pipeline(
-    pipeline: Pipeline, only: Sequence[str] | None = None, log: Callable[[str], None] = print
-) -> dict[str, Path]:
-    """Run (or reuse) the stages `only` names and those they read from, in order; returns stage -> run dir."""
     unknown = [s for s in only or () if s not in pipeline.stages]
     if unknown:
         names = list(pipeline.stages)
@@ -482,27 +605,155 @@ def run_pipeline(
             f"--stages: unknown stage(s) {', '.join(unknown)}; allowed: {', '.join(names)}"
             f"{did_you_mean(unknown[0], names)}"
         )
-    for name in pipeline.upstream(only or pipeline.stages):
-        stage = pipeline.stages[name]
-        stage.config = config = resolve_stage(pipeline, stage)  # upstream paths are real now
-        action, found = find_run(stage, config)
+    steps = {}
+    for label in pipeline.upstream_nodes(only or pipeline.stages):
+        node = pipeline.nodes[label]
+        node.config = resolve(pipeline, node)
+        action, found = find_run(node, node.config)
         if action == "reuse":
             assert found is not None
-            log(f"[{pipeline.name}] stage {name}: reusing finished run {found}")
-            pipeline.runs[name] = found
-            continue
-        if action == "resume":
-            log(f"[{pipeline.name}] stage {name}: resuming unfinished run from {found}")
-            config = config.model_copy(
-                update={"checkpoint": config.checkpoint.model_copy(update={"resume": str(found)})}
-            )
+            steps[label] = Step(node, action, found)
+        elif action == "resume":
+            assert found is not None
+            steps[label] = Step(node, action, found.parent.parent, found)
         else:
-            log(f"[{pipeline.name}] stage {name}: running {stage.algorithm}")
-        started = time.perf_counter()
-        _run_stage(config, log)
-        action, found = find_run(stage, config)
+            steps[label] = Step(node, action, next_version(node.root))
+        pipeline.runs[label] = steps[label].run
+    return steps
+
+
+def stage_config(step: Step) -> Any:
+    """The config a stage's job runs: the planned version, or the checkpoint it resumes from."""
+    config = step.node.config
+    if step.action == "resume":
+        return config.model_copy(
+            update={"checkpoint": config.checkpoint.model_copy(update={"resume": str(step.checkpoint)})}
+        )
+    return config.model_copy(update={"logging": config.logging.model_copy(update={"version": step.run.name})})
+
+
+def gpus_of(hardware: Any, available: int) -> int:
+    """GPUs a stage takes from the local pool: its `devices` on a GPU accelerator, none on CPU."""
+    if hardware.accelerator == "cpu" or (hardware.accelerator == "auto" and available == 0):
+        return 0
+    return hardware.devices if isinstance(hardware.devices, int) else 1
+
+
+@dataclass
+class PipelineResult:
+    runs: dict[str, Path]  # label -> finished run
+    failed: dict[str, str]  # label -> why (failed, or skipped because what it reads failed), with its log
+
+    def check(self) -> None:
+        """Raise RunError naming every failed stage and its log."""
+        if self.failed:
+            lines = "\n".join(f"  {label}: {why}" for label, why in self.failed.items())
+            raise RunError(
+                f"{len(self.failed)} stage run(s) did not finish:\n{lines}\n"
+                "Fix the cause and run again: finished stages are reused and unfinished ones resume from their "
+                "last checkpoint."
+            )
+
+
+def run_pipeline(
+    pipeline: Pipeline,
+    only: Sequence[str] | None = None,
+    log: Callable[[str], None] = print,
+    *,
+    jobs: int = 1,
+    executor: str = "local",
+    slurm: dict[str, Any] | None = None,
+) -> PipelineResult:
+    """Run (or reuse) the stages `only` names and those they read from, every seed; `jobs` at a time.
+
+    Each run is one `alignkit run` child process of its resolved config (written beside its run directory as
+    version_N.yaml, its terminal output to version_N.log), started when the runs it reads have finished. A run
+    that fails stops only the runs that read it; the others go on, and the result says which failed and why.
+    """
+    from alignkit.executor import Job, Outcome, run_jobs, visible_gpus
+
+    steps = plan(pipeline, only)
+    tag = f"[{pipeline.name}]"
+    # `accelerator: auto` takes a GPU where the pool has one; a cluster's nodes are assumed to have them
+    gpus = 1 if executor == "slurm" else len(visible_gpus())
+    todo: list[Job] = []
+    for label, step in steps.items():
+        if step.action == "reuse":
+            log(f"{tag} {label}: reusing finished run {step.run}")
+            continue
+        config = stage_config(step)
+        file = step.node.root / f"{step.run.name}.yaml"
+        file.parent.mkdir(parents=True, exist_ok=True)
+        file.write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+        hw = config.hardware
+        todo.append(
+            Job(
+                name=label,
+                argv=(sys.executable, "-m", "alignkit", "run", str(file)),
+                log=step.node.root / f"{step.run.name}.log",
+                needs=tuple(r for r in pipeline.reads(step.node) if steps[r].action != "reuse"),
+                gpus=gpus_of(hw, gpus),
+                nodes=hw.num_nodes,
+            )
+        )
+
+    def started(job: Any) -> None:
+        step = steps[job.name]
+        what = "resuming" if step.action == "resume" else "running"
+        log(f"{tag} {job.name}: {what} {step.node.stage.algorithm}, log: {job.log}")
+
+    def ended(outcome: Outcome) -> None:
+        step = steps[outcome.job.name]
+        if outcome.status == "finished":
+            log(f"{tag} {outcome.job.name}: finished in {outcome.seconds:.0f} s{_key_metrics(step)}")
+        elif outcome.status == "failed":
+            what = f"FAILED after {outcome.seconds:.0f} s ({outcome.reason})"
+            log(f"{tag} {outcome.job.name}: {what}; log: {outcome.log}")
+        else:
+            log(f"{tag} {outcome.job.name}: skipped ({outcome.reason})")
+
+    try:
+        outcomes = (
+            run_jobs(
+                todo,
+                workers=jobs,
+                executor=executor,  # type: ignore[arg-type]
+                folder=pipeline.root / "submitit",
+                slurm=slurm,
+                on_start=started,
+                on_end=ended,
+            )
+            if todo
+            else {}
+        )
+    except ValueError as err:  # the job graph or the executor's settings, before anything started
+        raise RunError(str(err)) from None
+    result = PipelineResult(runs={}, failed={})
+    for label, step in steps.items():
+        outcome = outcomes.get(label)
+        if outcome is not None and outcome.status != "finished":
+            where = f"; log: {outcome.log}" if outcome.status == "failed" else ""
+            result.failed[label] = f"{outcome.status}: {outcome.reason}{where}"
+            continue
+        action, found = find_run(step.node, step.node.config)
         if action != "reuse" or found is None:
-            raise RunError(f"stage '{name}' exited cleanly but left no finished run under {stage.root}")
-        log(f"[{pipeline.name}] stage {name}: finished in {time.perf_counter() - started:.0f}s: {found}")
-        pipeline.runs[name] = found
-    return dict(pipeline.runs)
+            result.failed[label] = f"exited cleanly but left no finished run under {step.node.root}"
+            continue
+        result.runs[label] = pipeline.runs[label] = found
+    return result
+
+
+def _key_metrics(step: Step) -> str:
+    """' (eval/loss 1.23, ...)': the first two progress metrics of the finished run (eval where logged)."""
+    record = read_run_record(step.run)
+    metrics = record.get("metrics") or {}
+    card = ALGORITHMS.get(step.node.stage.algorithm)
+    shown = []
+    for name in card.progress:
+        for split in ("eval", "train"):
+            if f"{split}/{name}" in metrics:
+                shown.append(f"{split}/{name} {metrics[f'{split}/{name}']:.3g}")
+                break
+        if len(shown) == 2:
+            break
+    return f" ({', '.join(shown)})" if shown else ""

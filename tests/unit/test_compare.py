@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from alignkit.compare import CompareResult, Point, best_of_n, write_table
+from alignkit.compare import CompareResult, Point, aggregate, best_of_n, write_table
 from alignkit.pipeline import CompareSpec
 from alignkit.stats import mean_se
 
@@ -42,23 +42,53 @@ def test_mean_and_standard_error() -> None:
     assert mean_se(torch.tensor([3.0])) == (3.0, 0.0)
 
 
-def test_table_says_how_much_each_method_beats_the_baseline(tmp_path: Path) -> None:
-    def point(method: str, reward: float, kl: float, final: bool = True, step: int = 10) -> Point:
-        return Point(method, method, method, step, reward, 0.1, kl, 0.2, 0.5, 12.0, 30.0, 500.0, final)
+def test_table_gives_seeds_intervals_and_claims_only_separable_orders(tmp_path: Path) -> None:
+    """Three seeds x two prompts. sft's per-prompt true rewards are 0 everywhere; dpo's are (1, 2), (2, 3),
+    (3, 4) per seed, so its per-seed means are 1.5, 2.5, 3.5: mean 2.5, IQM 2.5, s.e. 1 / sqrt(3) = 0.577;
+    every bootstrap replicate of dpo is at least 1 > 0, so its interval lies above sft's [0, 0] and the ranking
+    says so; P(dpo > sft) = 1 on both prompts."""
 
-    base = point("sft", 0.25, 0.0)
-    result = CompareResult(tmp_path, [base, point("dpo", 1.0, 3.0, final=False, step=5), point("dpo", 1.5, 4.0)])
+    def point(method: str, seed: int, rewards: list[float], step: int = 10, final: bool = True) -> Point:
+        return Point(
+            method,
+            method,
+            method,
+            step,
+            sum(rewards) / 2,
+            0.0,
+            1.0,
+            0.0,
+            0.5,
+            12.0,
+            30.0,
+            500.0,
+            final,
+            seed,
+            per_prompt={"true": rewards, "kl": [1.0, 1.0]},
+        )
+
+    points = [point("sft", k, [0.0, 0.0], step=0) for k in range(3)]
+    points += [point("dpo", k, [1.0 + k, 2.0 + k]) for k in range(3)]
+    points += [point("dpo", k, [0.5, 0.5], step=5, final=False) for k in range(3)]
     spec = CompareSpec(
-        prompts={"generator": "review_prompts"}, true_reward={"kind": "rule", "name": "review_sentiment"}
+        prompts={"generator": "review_prompts"},
+        true_reward={"kind": "rule", "name": "review_sentiment"},
+        bootstrap_reps=200,
     )
-    write_table(result, base, 64, spec)
+    result = CompareResult(tmp_path, points, aggregate(points, spec))
+    write_table(result, 2, spec)
     table = (tmp_path / "summary.md").read_text()
-    assert "| sft | +0.250 ± 0.100 | – | 0.00 |" in table
-    assert "| dpo | +1.500 ± 0.100 | +1.250 | 4.00 | 0.50 | 12.0 | 30 s | 500 MB |" in table
-    assert "64 held-out prompts x 4 samples" in table
+    assert "3 seeds (0, 1, 2); every stage ran once per seed" in table
+    assert "| sft | 3 | +0.000 [+0.000, +0.000] | +0.000 | – | 1.00 [1.00, 1.00] |" in table
+    assert (
+        "| dpo | 3 | +2.500 [+" in table
+        and "| +2.500 | +2.500 | 1.00 [1.00, 1.00] | 0.50 | 12.0 | 30 s | 500 MB |" in table
+    )
+    assert "    dpo > sft" in table
+    assert "| dpo | 1.00 [1.00, 1.00] | – |" in table
     rows = list(csv.DictReader((tmp_path / "summary.csv").open()))
-    assert [(r["method"], r["step"], r["final"], float(r["delta_vs_baseline"])) for r in rows] == [
-        ("sft", "10", "True", 0.0),
-        ("dpo", "5", "False", 0.75),
-        ("dpo", "10", "True", 1.25),
-    ]
+    got = {(r["method"], r["step"]): r for r in rows}
+    assert set(got) == {("sft", "0"), ("dpo", "10"), ("dpo", "5")}
+    dpo = got[("dpo", "10")]
+    assert float(dpo["true_reward_se"]) == pytest.approx(1 / math.sqrt(3))
+    assert float(dpo["delta_vs_baseline"]) == 2.5 and float(got[("dpo", "5")]["true_reward"]) == 0.5

@@ -11,7 +11,17 @@ import yaml
 
 from alignkit.cli import main
 from alignkit.config.errors import ConfigError
-from alignkit.pipeline import PENDING, find_run, load_pipeline, merge_defaults, replace_refs, stage_refs
+from alignkit.pipeline import (
+    PENDING,
+    derive_seed,
+    find_run,
+    load_pipeline,
+    merge_defaults,
+    plan,
+    replace_refs,
+    stage_config,
+    stage_refs,
+)
 
 WriteYaml = Callable[[str, str], Path]
 TINY = "{architecture: llama, hidden_size: 32, num_layers: 1, num_heads: 2}"
@@ -82,7 +92,8 @@ def test_load_orders_stages_and_validates_each(write_yaml: WriteYaml, tmp_path: 
         (("max_steps: 2", "max_stepz: 2"), "stages.dpo.trainer.max_stepz: unknown key 'max_stepz'"),
         (("    name: pipe", "    name: pipe\n    stagez: {}"), "stagez: unknown pipeline key"),
         ((f"policy: {TINY}", "policy: {from_stage: dpo}"), "cycle: dpo -> sft -> dpo"),
-        (("      sft:\n", "      compare:\n"), "stages.compare: 'compare' is reserved"),
+        (("      sft:\n", "      compare:\n"), "stages.compare: 'compare' is a directory name alignkit reserves"),
+        (("      sft:\n", "      seed_1:\n"), "stages.seed_1: 'seed_1' is a directory name alignkit reserves"),
     ],
 )
 def test_problems_name_their_path(write_yaml: WriteYaml, tmp_path: Path, edit: tuple[str, str], expected: str) -> None:
@@ -134,11 +145,11 @@ def test_cli_validate_and_show_a_pipeline(
     path = pipeline_file(write_yaml, tmp_path)
     assert main(["validate", str(path)]) == 0
     out = capsys.readouterr().out
-    assert "valid pipeline" in out and "  sft: sft ->" in out and "  dpo: dpo, reads sft ->" in out
-    assert out.count("(runs)") == 2
+    assert "valid pipeline" in out and "  sft: sft (runs into" in out and "  dpo: dpo, reads sft (runs into" in out
+    assert out.count("(runs into") == 2
     assert main(["show", str(path), "stages.dpo.trainer.max_steps=5"]) == 0
     shown = capsys.readouterr().out
-    assert "# stage dpo" in shown and "max_steps: 5" in shown
+    assert "# dpo (new: " in shown and "max_steps: 5" in shown
     assert main(["run", str(path), "--stages", "ppo"]) == 2
     assert "--stages: unknown stage(s) ppo" in capsys.readouterr().err
 
@@ -216,3 +227,74 @@ def test_cli_validate_of_a_hostile_pipeline_is_an_error_not_a_traceback(
     path.write_bytes(path.read_bytes().replace(b"name: pipe", b"name: \xff"))
     assert main(["validate", str(path)]) == 2
     assert "not UTF-8 text: byte 0xff at line 2, column 7" in capsys.readouterr().err
+
+
+SEEDED = (
+    PIPELINE
+    + """
+      rm:
+        algorithm: {name: reward_model}
+        reward_model: {from_stage: sft}
+        data: {train: {generator: sentiment_pairs, args: {n: 16, seed: 5}}}
+    compare:
+      prompts: {generator: reverse_words}
+      true_reward: {kind: rule, name: length_target}
+      seeds: [0, 3]
+      shared: [sft]
+"""
+)
+
+
+def test_seeds_expand_every_stage_once_per_seed_and_shared_stages_once(write_yaml: WriteYaml, tmp_path: Path) -> None:
+    """seeds [0, 3], shared [sft]: sft once (the file's seed 7, <root>/pipe/sft), dpo and rm per seed under
+    seed_<k>/ with trainer.seed = k and generator seeds derived (seed 0 keeps the file's 5), both reading the
+    one sft; a planned run's path is known before anything runs, so downstream configs hold real paths."""
+    pipeline = load_pipeline(pipeline_file(write_yaml, tmp_path, SEEDED))
+    root = tmp_path / "runs" / "pipe"
+    assert list(pipeline.nodes) == ["sft", "seed_0/dpo", "seed_3/dpo", "seed_0/rm", "seed_3/rm"]
+    steps = plan(pipeline)
+    assert {label: (s.action, s.run) for label, s in steps.items()} == {
+        "sft": ("new", root / "sft" / "version_0"),
+        "seed_0/dpo": ("new", root / "seed_0" / "dpo" / "version_0"),
+        "seed_3/dpo": ("new", root / "seed_3" / "dpo" / "version_0"),
+        "seed_0/rm": ("new", root / "seed_0" / "rm" / "version_0"),
+        "seed_3/rm": ("new", root / "seed_3" / "rm" / "version_0"),
+    }
+    config = {label: s.node.config for label, s in steps.items()}
+    assert config["sft"].trainer.seed == 7 and config["seed_3/dpo"].trainer.seed == 3
+    assert (
+        config["seed_0/dpo"].policy.path
+        == config["seed_3/rm"].reward_model.path
+        == str(root / "sft" / "version_0" / "hf" / "policy")
+    )
+    seeds = [config[f"seed_{k}/rm"].data.train.args["seed"] for k in (0, 3)]
+    assert seeds[0] == 5 and seeds[1] not in (5, 3, 8) and seeds[1] == derive_seed(5, 3)
+    assert config["seed_3/dpo"].logging.root == str(root / "seed_3") and config["seed_3/dpo"].name == "dpo"
+    assert pipeline.reads(pipeline.nodes["seed_3/rm"]) == ["sft"]
+    assert [label for label in pipeline.upstream_nodes(["dpo"])] == ["sft", "seed_0/dpo", "seed_3/dpo"]
+    job = stage_config(steps["seed_3/dpo"])  # what the stage's process runs: the planned version
+    assert job.logging.version == "version_0" and job.trainer.seed == 3
+
+    count = load_pipeline(pipeline_file(write_yaml, tmp_path, SEEDED), ["compare.seeds=2", "compare.shared=[]"])
+    assert list(count.nodes) == ["seed_0/sft", "seed_1/sft", "seed_0/dpo", "seed_1/dpo", "seed_0/rm", "seed_1/rm"]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        (["compare.shared=[rm]"], "compare.shared[0]: stage 'rm' reads sft, which runs once per seed; share sft too"),
+        (
+            ["compare.shared=[sfx]"],
+            "compare.shared[0]: unknown stage 'sfx'; allowed: sft, dpo, rm; did you mean 'sft'?",
+        ),
+        (["compare.seeds=[1, 1]"], "compare.seeds: a seed appears twice (got [1, 1])"),
+        (["compare.seeds=null"], "compare.shared: shares stages across seeds, and compare.seeds is not set"),
+        (["compare.seeds=0"], "compare.seeds"),
+    ],
+)
+def test_seed_settings_that_cannot_work(
+    write_yaml: WriteYaml, tmp_path: Path, overrides: list[str], expected: str
+) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_pipeline(pipeline_file(write_yaml, tmp_path, SEEDED), overrides)
+    assert expected in str(err.value), str(err.value)
