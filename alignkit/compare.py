@@ -304,7 +304,7 @@ def run_compare(
         )
         + "\n"
     )
-    plot(result, out)
+    plot(result, out, spec)
     return result
 
 
@@ -423,11 +423,12 @@ def _evaluate_seed(
 
 def aggregate(points: list[Point], spec: CompareSpec) -> list[Row]:
     """One Row per (method, step) over the seeds that have it: bootstrap statistics of the per-prompt means."""
-    groups: dict[tuple[str, int], list[Point]] = {}
-    for p in points:
-        groups.setdefault((p.method, p.step), []).append(p)
+    groups: dict[tuple[str, int | None], list[Point]] = {}
+    for p in points:  # a method's final policies form one row even if its seeds stopped at different steps
+        groups.setdefault((p.method, None if p.final else p.step), []).append(p)
     rows = []
-    for (method, step), found in groups.items():
+    for (method, _), found in groups.items():
+        step = max(p.step for p in found)
         found = sorted(found, key=lambda p: -1 if p.seed is None else p.seed)
         stats = {
             key: summarize(
@@ -646,8 +647,8 @@ def write_tensorboard(result: CompareResult, pipeline: Pipeline, done: PipelineR
         write(root / method / "mean", [(0 if r.method == spec.baseline else r.step, None, values(r)) for r in rows])
 
 
-def plot(result: CompareResult, out: Path) -> None:
-    """frontier.png, curves.png, improvement.png and reward_vs_time.png."""
+def plot(result: CompareResult, out: Path, spec: CompareSpec) -> None:
+    """frontier.png, curves.png, improvement.png and reward_vs_time.png (alignkit/compare_plots.py)."""
     from alignkit.compare_plots import plot_all
 
-    plot_all(result, out)
+    plot_all(result, out, reps=spec.bootstrap_reps, prompts=spec.bootstrap_prompts)

@@ -72,7 +72,7 @@ class _View:
         return "one seed: 95% bootstrap CI over prompts only"
 
 
-def plot_all(result: CompareResult, out: Path, *, reps: int = 2000) -> None:
+def plot_all(result: CompareResult, out: Path, *, reps: int = 2000, prompts: str = "crossed") -> None:
     """frontier.png, curves.png, improvement.png and reward_vs_time.png in `out`. `reps`: bootstrap replicates
     of the probability-of-improvement intervals (the table's `compare.bootstrap_reps` gives the same numbers)."""
     view = _View.of(result)
@@ -80,7 +80,7 @@ def plot_all(result: CompareResult, out: Path, *, reps: int = 2000) -> None:
     out.mkdir(parents=True, exist_ok=True)
     frontier(view).savefig(out / "frontier.png", dpi=DPI)
     curves(view).savefig(out / "curves.png", dpi=DPI)
-    improvement(view, reps).savefig(out / "improvement.png", dpi=DPI)
+    improvement(view, reps, prompts).savefig(out / "improvement.png", dpi=DPI)
     reward_vs_time(view).savefig(out / "reward_vs_time.png", dpi=DPI)
 
 
@@ -201,7 +201,7 @@ def curves(view: _View) -> Figure:
     return fig
 
 
-def improvement(view: _View, reps: int = 2000) -> Figure:
+def improvement(view: _View, reps: int = 2000, prompts: str = "crossed") -> Figure:
     """Heatmap of P(row beats column) over the final policies (baseline, largest best-of-n, trained methods),
     best mean first, each cell with its 95% bootstrap interval."""
     scores = final_scores(view.result)
@@ -214,7 +214,7 @@ def improvement(view: _View, reps: int = 2000) -> Figure:
         ax.text(0.5, 0.5, "one method only: nothing to compare", ha="center", va="center", transform=ax.transAxes)
         ax.set_axis_off()
         return fig
-    methods, p, low, high = improvement_matrix({m: scores[m] for m in order}, reps=reps)
+    methods, p, low, high = improvement_matrix({m: scores[m] for m in order}, reps=reps, prompts=prompts)
     shown = np.ma.masked_array(p, mask=np.eye(k, dtype=bool))
     cmap = colormaps["RdBu"].with_extremes(bad="0.93")
     image = ax.imshow(shown, cmap=cmap, vmin=0.0, vmax=1.0)
