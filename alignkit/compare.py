@@ -35,7 +35,7 @@ import numpy as np
 
 from alignkit.pipeline import CompareSpec, Pipeline, PipelineResult, derive_seed, run_pipeline
 from alignkit.rundir import next_version, read_run_record, step_checkpoints
-from alignkit.stats import Summary, improvement_matrix, mean_se, separable_order, summarize
+from alignkit.stats import Summary, improvement_matrix, mean_se, separable_ranking, summarize
 
 COMPARE_DIR = "compare"
 TAGS = ("compare/reward/true", "compare/kl/ref", "compare/reward/model", "compare/response/length")
@@ -590,10 +590,18 @@ def write_table(result: CompareResult, num_prompts: int, spec: CompareSpec, pipe
 
 
 def ranking_lines(result: CompareResult) -> list[str]:
-    """The order of the final rows by true reward, claimed only where the 95% intervals separate."""
-    summaries = {r.method: r.reward for r in result.final_rows()}
-    return ["Ranking by true reward (an order is claimed only where the 95% intervals do not overlap):", ""] + [
-        f"    {line}" for line in separable_order(summaries)
+    """The order of the final rows by true reward, claimed only where the 95% intervals separate: a chain of
+    tiers (no order claimed inside braces), then a line per method with every pair that does separate."""
+    ranking = separable_ranking({r.method: r.reward for r in result.final_rows()})
+    chain = " > ".join(t[0] if len(t) == 1 else "{" + ", ".join(t) + "}" for t in ranking.tiers)
+    inside = any(b in tier for tier in ranking.tiers for a in tier for b in ranking.above[a])
+    note = " (some pairs inside braces do separate: see the lines below)" if inside else ""
+    return [
+        "Ranking by true reward: an order is claimed only where the 95% intervals do not overlap.",
+        "",
+        f"    {chain}{note}",
+        "",
+        *(f"- {line}" for line in ranking.lines()),
     ]
 
 

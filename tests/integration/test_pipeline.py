@@ -144,7 +144,7 @@ def test_compare_over_seeds_in_parallel_with_a_failing_stage(
     assert "2 seeds (0, 1); sft, rm ran once and every seed started from them" in table
     for method in ("sft", "best-of-4", "dpo", "grpo"):
         assert f"| {method} | 2 | " in table
-    assert "Ranking by true reward" in table and "| P(row > column) | " in table
+    assert "Ranking by true reward: an order is claimed only" in table and "| P(row > column) | " in table
     assert "- `seed_0/broken`: failed: exit code 2: " in table and "- `seed_1/after_broken`: skipped: " in table
     rows = list(csv.DictReader((out / "summary.csv").open()))
     final = {r["method"]: r for r in rows if r["final"] == "True"}

@@ -84,7 +84,7 @@ def test_table_gives_seeds_intervals_and_claims_only_separable_orders(tmp_path: 
         "| dpo | 3 | +2.500 [+" in table
         and "| +2.500 | +2.500 | 1.00 [1.00, 1.00] | 0.50 | 12.0 | 30 s | 500 MB |" in table
     )
-    assert "    dpo > sft" in table
+    assert "    dpo > sft\n" in table and "- dpo: above sft" in table
     assert "| dpo | 1.00 [1.00, 1.00] | – |" in table
     rows = list(csv.DictReader((tmp_path / "summary.csv").open()))
     got = {(r["method"], r["step"]): r for r in rows}
