@@ -80,7 +80,7 @@ def resolve_run_dir(cfg: Any) -> tuple[Path, Path | None]:
 def _new_run_dir(cfg: Any, root: Path) -> Path:
     if cfg.logging.version:
         run = root / cfg.logging.version
-        if run.exists():
+        if run.exists() and is_rank_zero():  # other ranks (other nodes) join the directory rank 0 makes
             raise RunError(
                 f"{run} exists and runs are never overwritten: set another logging.version, leave it unset for "
                 "the next free version_N, or continue it with checkpoint.resume=auto"
