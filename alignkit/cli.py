@@ -174,9 +174,11 @@ def cmd_compare(args: argparse.Namespace) -> int:
     # goes to compare.log
     result = with_run_output(run_compare)(pipeline, **_executor(args))
     out = result.out_dir
-    print("\n" + (out / "summary.md").read_text())
+    # the table and the ranking; the probability-of-improvement matrix is too wide for a terminal
+    summary = (out / "summary.md").read_text().split("\nProbability of improvement")[0]
+    print("\n" + summary.rstrip() + "\n")
     print(f"comparison written to {out}/")
-    print(f"  table:   {out / 'summary.md'} and {out / 'summary.csv'}")
+    print(f"  table:   {out / 'summary.md'} (with the probability-of-improvement matrix) and {out / 'summary.csv'}")
     figures = ", ".join(p.name for p in sorted(out.glob("*.png")))
     print(f"  figures: {figures}")
     print(f"  samples: {out / 'samples.jsonl'}; every number: {out / 'results.json'}")

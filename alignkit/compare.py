@@ -566,6 +566,9 @@ def write_table(result: CompareResult, num_prompts: int, spec: CompareSpec, pipe
             f"{_fmt(r.train_time_s, 0, ' s')} | {_fmt(r.peak_mem_mb, 0, ' MB')} |"
         )
     lines += ["", *ranking_lines(result)]
+    if result.failed:
+        lines += ["", "Runs that did not finish (left out above):", ""]
+        lines += [f"- `{label}`: {why}" for label, why in result.failed.items()]
     methods, matrix, low, high = _improvement(result, spec)
     if len(methods) > 1:
         lines += [
@@ -583,9 +586,6 @@ def write_table(result: CompareResult, num_prompts: int, spec: CompareSpec, pipe
                 for j in range(len(methods))
             ]
             lines.append(f"| {m} | " + " | ".join(cells) + " |")
-    if result.failed:
-        lines += ["", "Runs that did not finish (left out above):", ""]
-        lines += [f"- `{label}`: {why}" for label, why in result.failed.items()]
     (out / "summary.md").write_text("\n".join(lines) + "\n")
 
 
