@@ -264,6 +264,8 @@ def run_compare(
     usable = [s for s in seeds if pipeline.node(spec.baseline, s).label in done.runs]
     if not usable:
         done.check()
+    for seed in (s for s in seeds if s not in usable):
+        log(f"[compare] seed {seed} left out: its {spec.baseline} run did not finish")
     out = next_version(pipeline.root / COMPARE_DIR)
     out.mkdir(parents=True)
     open_log_file(out, name="compare.log")  # the evaluation's library logs, under `with_run_output` (the CLI)
