@@ -200,10 +200,16 @@ def _executor(args: argparse.Namespace) -> dict[str, Any]:
     return {"jobs": args.jobs, "executor": args.executor, "slurm": slurm or None}
 
 
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"should be a whole number of runs at a time, at least 1 (got {text!r})")
+    return int(text)
+
+
 def _add_executor_options(s: argparse.ArgumentParser) -> None:
     s.add_argument(
         "--jobs",
-        type=int,
+        type=_positive,
         default=1,
         metavar="N",
         help="pipeline files: run up to N independent stage runs (other seeds, other methods) at once; on CPU the "
