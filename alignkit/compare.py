@@ -598,12 +598,26 @@ def ranking_lines(result: CompareResult) -> list[str]:
     chain = " > ".join(t[0] if len(t) == 1 else "{" + ", ".join(t) + "}" for t in ranking.tiers)
     inside = any(b in tier for tier in ranking.tiers for a in tier for b in ranking.above[a])
     note = " (some pairs inside braces do separate: see the lines below)" if inside else ""
+    seeds = min(r.reward.n_seeds for r in result.final_rows())
+    # a percentile bootstrap over n seeds is about mean ± 1.96 s_n / sqrt(n) (n-divisor s.d.): for normal seed
+    # effects it covers like a t interval at 1.96 sqrt((n-1)/n), i.e. ~75% at n = 3, 85% at 5, 90% at 10
+    caution = (
+        [
+            "",
+            f"With {seeds} seed{'s' if seeds > 1 else ''}, a 95% bootstrap interval covers the true mean less often "
+            "than 95% (about 75% at 3 seeds, 85% at 5, 90% at 10, for normal seed effects): treat this order as "
+            "provisional, or run more seeds (compare.seeds).",
+        ]
+        if seeds < 10
+        else []
+    )
     return [
         "Ranking by true reward: an order is claimed only where the 95% intervals do not overlap.",
         "",
         f"    {chain}{note}",
         "",
         *(f"- {line}" for line in ranking.lines()),
+        *caution,
     ]
 
 
