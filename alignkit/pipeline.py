@@ -667,10 +667,11 @@ def run_pipeline(
     """Run (or reuse) the stages `only` names and those they read from, every seed; `jobs` at a time.
 
     Each run is one `alignkit run` child process of its resolved config (written beside its run directory as
-    version_N.yaml, its terminal output to version_N.log), started when the runs it reads have finished. A run
-    that fails stops only the runs that read it; the others go on, and the result says which failed and why.
+    version_N.yaml, its terminal output to version_N.log; version_N.resume<k>.* when it resumes), started when
+    the runs it reads have finished. A run that fails stops only the runs that read it; the others go on, and
+    the result says which failed and why.
     """
-    from alignkit.executor import Job, Outcome, run_jobs, visible_gpus
+    from alignkit.executor import Job, Outcome, run_jobs, usable_cores, visible_gpus
 
     steps = plan(pipeline, only)
     tag = f"[{pipeline.name}]"
@@ -682,18 +683,28 @@ def run_pipeline(
             log(f"{tag} {label}: reusing finished run {step.run}")
             continue
         config = stage_config(step)
-        file = step.node.root / f"{step.run.name}.yaml"
+        # a resumed run keeps the log of its earlier attempt: version_N.log, then version_N.resume1.log, ...
+        name = step.run.name
+        if step.action == "resume":
+            name += f".resume{len(list(step.node.root.glob(f'{step.run.name}.resume*.log'))) + 1}"
+        file = step.node.root / f"{name}.yaml"
         file.parent.mkdir(parents=True, exist_ok=True)
         file.write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
         hw = config.hardware
+        env = {}
+        if gpus_of(hw, gpus) == 0 and isinstance(hw.devices, int) and hw.devices > 1 and executor != "slurm":
+            # a DDP or FSDP run on CPU starts `devices` processes: they share its part of the cores
+            share = max(1, usable_cores() // (min(jobs, len(steps)) * hw.devices))
+            env = {"OMP_NUM_THREADS": str(share), "MKL_NUM_THREADS": str(share)}
         todo.append(
             Job(
                 name=label,
                 argv=(sys.executable, "-m", "alignkit", "run", str(file)),
-                log=step.node.root / f"{step.run.name}.log",
+                log=step.node.root / f"{name}.log",
                 needs=tuple(r for r in pipeline.reads(step.node) if steps[r].action != "reuse"),
                 gpus=gpus_of(hw, gpus),
                 nodes=hw.num_nodes,
+                env=env,
             )
         )
 

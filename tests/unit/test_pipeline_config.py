@@ -19,6 +19,7 @@ from alignkit.pipeline import (
     merge_defaults,
     plan,
     replace_refs,
+    run_pipeline,
     stage_config,
     stage_refs,
 )
@@ -298,3 +299,36 @@ def test_seed_settings_that_cannot_work(
     with pytest.raises(ConfigError) as err:
         load_pipeline(pipeline_file(write_yaml, tmp_path, SEEDED), overrides)
     assert expected in str(err.value), str(err.value)
+
+
+def test_jobs_resume_into_their_own_log_and_cpu_ddp_shares_its_cores(
+    write_yaml: WriteYaml, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An unfinished sft run resumes: its job runs a config with checkpoint.resume, logged to
+    version_1.resume1.log so version_1.log of the first attempt stays; dpo on two CPU processes gets
+    cores / (2 jobs x 2 processes) threads per process (at least 1)."""
+    import alignkit.executor
+
+    path = pipeline_file(write_yaml, tmp_path)
+    ddp = ["stages.dpo.hardware={accelerator: cpu, strategy: ddp, devices: 2}", "stages.dpo.trainer.micro_batch_size=2"]
+    pipeline = load_pipeline(path, ddp)
+    sft = pipeline.stages["sft"]
+    _fake_run(sft.root, 0, {"other": 1}, "finished")
+    _fake_run(sft.root, 1, sft.config.model_dump(mode="json"), "failed", ckpt=True)
+    (sft.root / "version_1.log").write_text("first attempt\n")
+    seen = {}
+
+    def fake_run_jobs(jobs: list, **kwargs: object) -> dict:
+        seen.update({job.name: job for job in jobs})
+        return {}
+
+    monkeypatch.setattr(alignkit.executor, "run_jobs", fake_run_jobs)
+    monkeypatch.setattr(alignkit.executor, "usable_cores", lambda: 8)
+    result = run_pipeline(pipeline, jobs=2, log=lambda _: None)
+    assert seen["sft"].log == sft.root / "version_1.resume1.log"
+    config = yaml.safe_load((sft.root / "version_1.resume1.yaml").read_text())
+    assert config["checkpoint"]["resume"] == str(sft.root / "version_1" / "checkpoints" / "last.ckpt")
+    assert (sft.root / "version_1.log").read_text() == "first attempt\n"
+    assert seen["dpo"].env == {"OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "2"} and seen["sft"].env == {}
+    assert seen["dpo"].needs == ("sft",)
+    assert set(result.failed) == {"sft", "dpo"}  # nothing finished: both reported, not raised
