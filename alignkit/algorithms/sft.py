@@ -10,6 +10,7 @@ from torch import Tensor
 from alignkit.algorithms.base import AlignModule
 from alignkit.algorithms.configs.sft import SFT_CARD
 from alignkit.ops import masked_mean, masked_sum, model_logits, token_logprobs
+from alignkit.ops.lm_head import lean_supported, lean_token_logprobs
 
 
 def _token_mean(nll: Tensor, mask: Tensor) -> Tensor:
@@ -47,9 +48,11 @@ class SFT(AlignModule):
     card = SFT_CARD
 
     def step(self, batch: dict[str, Tensor], split: str) -> Tensor:
-        logits = model_logits(self.policy, batch["input_ids"], batch["attention_mask"])
-        loss, metrics = sft_loss(
-            token_logprobs(logits, batch["input_ids"]), batch["completion_mask"], self.algo.loss_aggregation
-        )
+        ids, mask = batch["input_ids"], batch["completion_mask"]
+        if lean_supported(self.policy):  # the head in chunks, completion positions only (ops/lm_head.py)
+            logps = lean_token_logprobs(self.policy, ids, batch["attention_mask"], mask)[0]
+        else:
+            logps = token_logprobs(model_logits(self.policy, ids, batch["attention_mask"]), ids)
+        loss, metrics = sft_loss(logps, mask, self.algo.loss_aggregation)
         self.log_split(split, metrics, batch_size=batch["input_ids"].shape[0])
         return loss

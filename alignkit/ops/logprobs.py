@@ -62,5 +62,9 @@ def sequence_logprobs(
     Position ids come from the mask, so a row gives the same number however it is padded (left, right, or
     batched with longer rows); padding and prompt tokens never count.
     """
+    from alignkit.ops.lm_head import lean_supported, lean_token_logprobs
+
+    if lean_supported(model):  # the head in chunks, completion positions only (alignkit/ops/lm_head.py)
+        return lean_token_logprobs(model, input_ids, attention_mask, completion_mask)[0].sum(-1)
     logits = model_logits(model, input_ids, attention_mask)
     return masked_sum(token_logprobs(logits, input_ids), completion_mask, dim=-1)
