@@ -48,9 +48,11 @@ def model_config(spec: ModelSpec, tokenizer: PreTrainedTokenizerBase, **extra: A
     if spec.architecture is None:
         raise ValueError("model_config needs `architecture`; a checkpoint at `path` has its own config")
     arch = ARCHITECTURES.get(spec.architecture)
+    if spec.tie_embeddings is not None:
+        extra = {"tie_word_embeddings": spec.tie_embeddings, **extra}
     return AutoConfig.for_model(
         arch.model_type,
-        vocab_size=len(tokenizer),
+        vocab_size=max(len(tokenizer), spec.vocab_size or 0),
         pad_token_id=tokenizer.pad_token_id,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,

@@ -57,6 +57,17 @@ class ModelSpec(Spec):
     max_position_embeddings: int | None = Field(
         None, gt=0, description="Longest sequence the positions cover (None: architecture default)."
     )
+    vocab_size: int | None = Field(
+        None,
+        gt=0,
+        le=2**20,
+        description="Rows of the embedding and the LM head when at least the tokenizer's size (None: the "
+        "tokenizer's size). Real checkpoints pad their vocabulary this way (Qwen 2.5: 151,936); a byte-tokenizer "
+        "model with a real vocabulary's size costs what a real one does in the head.",
+    )
+    tie_embeddings: bool | None = Field(
+        None, description="Share the input embedding with the LM head (None: the architecture's default)."
+    )
     init_seed: int = Field(
         0,
         ge=0,
@@ -97,7 +108,7 @@ class ModelSpec(Spec):
             problems += [
                 f"{k}: sizes apply only to a model built from `architecture` (got {v}); a checkpoint at "
                 f"`path` keeps its own config, so remove it"
-                for k, v in overrides.items()
+                for k, v in {**overrides, "vocab_size": self.vocab_size, "tie_embeddings": self.tie_embeddings}.items()
                 if v is not None
             ]
         if self.architecture is not None:

@@ -175,8 +175,8 @@ def test_unknown_presets_name_their_path_and_suggest(write_yaml: WriteYaml) -> N
     path = write_yaml("exp.yaml", "algorithm: {name: sft}\npolicy: {preset: tiny-lama}\ndata: {preset: reverse-word}\n")
     found = load_problems(path)
     assert found["policy.preset"] == (
-        "unknown preset 'tiny-lama' (in registry/models/); allowed: llama-1b-like, small-llama, tiny-gpt2, "
-        "tiny-llama, tiny-qwen2; did you mean 'tiny-llama'?"
+        "unknown preset 'tiny-lama' (in registry/models/); allowed: llama-1b-like, qwen2-90m-vocab, small-llama, "
+        "tiny-gpt2, tiny-llama, tiny-qwen2; did you mean 'tiny-llama'?"
     )
     assert re.fullmatch(r"unknown preset 'reverse-word' .*; did you mean 'reverse-words'\?", found["data.preset"])
 
@@ -334,8 +334,8 @@ def test_acceptance_every_problem_with_path_value_allowed_and_suggestion(
             "policy",
             "should be a valid dictionary or instance of ModelSpec (got 'tiny-llama'); allowed: a mapping with "
             "keys preset, path, architecture, tokenizer, hidden_size, num_layers, num_heads, num_kv_heads, "
-            "intermediate_size, max_position_embeddings, init_seed, dtype, attn_implementation, or null; "
-            "to use a preset, write `policy: {preset: tiny-llama}`",
+            "intermediate_size, max_position_embeddings, vocab_size, tie_embeddings, init_seed, dtype, "
+            "attn_implementation, or null; to use a preset, write `policy: {preset: tiny-llama}`",
         ),
         (
             "trainer",
@@ -709,7 +709,10 @@ def test_interpolations_that_do_not_parse_or_recurse(write_yaml: WriteYaml) -> N
 def test_preset_names_are_names_not_paths(write_yaml: WriteYaml, name: str) -> None:
     found = load_problems(write_yaml("x.yaml", f"algorithm: {{name: sft}}\npolicy: {{preset: {name}}}\n"))
     assert found["policy.preset"].startswith("should be a preset name (got ")
-    assert "allowed: llama-1b-like, small-llama, tiny-gpt2, tiny-llama, tiny-qwen2" in found["policy.preset"]
+    assert (
+        "allowed: llama-1b-like, qwen2-90m-vocab, small-llama, tiny-gpt2, tiny-llama, tiny-qwen2"
+        in found["policy.preset"]
+    )
 
 
 def test_an_item_of_a_plain_union_is_one_problem_at_the_item() -> None:
@@ -747,9 +750,9 @@ def test_huge_sizes_are_answered_at_once_with_a_bounded_fix() -> None:
     found = problems(minimal("sft", trainer={"prompts_per_step": 3, "micro_batch_size": 2**40}))
     assert found["trainer.prompts_per_step"].endswith(f"set prompts_per_step to {2**40} or micro_batch_size to 3")
     policy = {"architecture": "llama", "hidden_size": 2**40, "num_layers": 1, "num_heads": 3, "num_kv_heads": 1}
-    assert problems(minimal("sft", policy=policy))["policy.num_heads"].endswith("allowed: " + ", ".join(
-        str(2**k) for k in range(12)
-    ) + ", ...")
+    assert problems(minimal("sft", policy=policy))["policy.num_heads"].endswith(
+        "allowed: " + ", ".join(str(2**k) for k in range(12)) + ", ..."
+    )
 
 
 @pytest.mark.parametrize("name", ["a/b", "..", ".", "", "x\x00y", "n" * 300])
@@ -759,6 +762,6 @@ def test_the_experiment_name_is_one_directory_name(name: str) -> None:
 
 @pytest.mark.parametrize("seed", [-1, 2**32])
 def test_a_seed_lightning_cannot_use_is_refused(seed: int) -> None:
-    assert "allowed: an integer >= 0 and <= 4294967295" in problems(minimal("sft", trainer={"seed": seed}))[
-        "trainer.seed"
-    ]
+    assert (
+        "allowed: an integer >= 0 and <= 4294967295" in problems(minimal("sft", trainer={"seed": seed}))["trainer.seed"]
+    )

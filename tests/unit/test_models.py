@@ -17,6 +17,7 @@ from alignkit.models import (
     ModelSpec,
     build_causal_lm,
     build_scalar_model,
+    byte_tokenizer,
     count_parameters,
     load_tokenizer,
     model_config,
@@ -218,3 +219,21 @@ def test_spec_imports_without_torch():
     """`alignkit validate` stays fast: the spec and registry load neither torch nor transformers."""
     code = "import sys, alignkit.models; assert not {'torch', 'transformers'} & set(sys.modules)"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[2])
+
+
+def test_a_real_vocabulary_size_and_tied_embeddings_on_a_byte_tokenizer_model() -> None:
+    """vocab_size pads the embedding and the head past the tokenizer's 259 tokens, as real checkpoints pad
+    theirs (what the real-vocabulary benchmarks need); tie_embeddings shares the two; neither applies to a
+    checkpoint at `path`."""
+    spec = ModelSpec(
+        architecture="qwen2", hidden_size=32, num_layers=1, num_heads=2, vocab_size=1000, tie_embeddings=True
+    )
+    model = build_causal_lm(spec, byte_tokenizer())
+    assert model.config.vocab_size == 1000 and model.get_output_embeddings().weight.shape == (1000, 32)
+    assert model.get_output_embeddings().weight is model.get_input_embeddings().weight
+    small = build_causal_lm(
+        ModelSpec(architecture="qwen2", hidden_size=32, num_layers=1, num_heads=2), byte_tokenizer()
+    )
+    assert small.config.vocab_size == len(byte_tokenizer())  # never below the tokenizer's size
+    with pytest.raises(ValueError, match="vocab_size: sizes apply only to a model built from `architecture`"):
+        ModelSpec(path="/some/checkpoint", vocab_size=1000)
