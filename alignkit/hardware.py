@@ -63,8 +63,8 @@ def shard_fsdp2(model: nn.Module, mesh: Any, hw: HardwareSpec) -> None:
         options["mp_policy"] = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
     if hw.fsdp.cpu_offload:
         options["offload_policy"] = CPUOffloadPolicy()
-    if hw.fsdp.activation_checkpointing and hasattr(model, "gradient_checkpointing_enable"):
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if hw.activation_checkpointing:
+        activation_checkpointing(model)  # before sharding: each block's checkpoint wraps its FSDP unit
     for block in _blocks(model):
         fully_shard(block, **options)
     for module in model.modules():
@@ -75,3 +75,16 @@ def shard_fsdp2(model: nn.Module, mesh: Any, hw: HardwareSpec) -> None:
             fully_shard(module.base_model, **options)
             fully_shard(module.score, **options)
     fully_shard(model, **options)
+
+
+def activation_checkpointing(model: nn.Module) -> bool:
+    """Recompute each transformer block's activations in backward (non-reentrant, as FSDP2 and torch.compile
+    need); False for a model without the switch. transformers 5 names it `activation_checkpointing_enable`,
+    4.x `gradient_checkpointing_enable`: whichever exists is used."""
+    if callable(enable := getattr(model, "activation_checkpointing_enable", None)):
+        enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    elif callable(enable := getattr(model, "gradient_checkpointing_enable", None)):
+        enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        return False
+    return True

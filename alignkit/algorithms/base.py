@@ -30,7 +30,7 @@ class AlignModule(L.LightningModule):
             if section not in self.card.trained:
                 model.requires_grad_(False)
             setattr(self, section, model)
-        self._sharded = False
+        self._configured = False
         self.last_eval_step = -1
         self.step_metrics: dict[str, Tensor | float] | None = None
 
@@ -92,17 +92,26 @@ class AlignModule(L.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     def configure_model(self) -> None:
-        """FSDP2: shard every model (trained and frozen) over the data-parallel mesh; no-op otherwise."""
+        """FSDP2: shard every model (trained and frozen) over the data-parallel mesh. Other strategies: activation
+        checkpointing of the trained models, when `hardware.activation_checkpointing` asks for it."""
         from lightning.pytorch.strategies import ModelParallelStrategy
 
-        if self._sharded or not isinstance(self.trainer.strategy, ModelParallelStrategy):
+        from alignkit.hardware import activation_checkpointing, shard_fsdp2
+
+        if self._configured:
             return
-        from alignkit.hardware import shard_fsdp2
+        if not isinstance(self.trainer.strategy, ModelParallelStrategy):
+            if self.cfg.hardware.activation_checkpointing:
+                for section in self.card.trained:
+                    if hasattr(self, section):
+                        activation_checkpointing(getattr(self, section))
+            self._configured = True
+            return
 
         for section in self.card.models:
             if hasattr(self, section):
                 shard_fsdp2(getattr(self, section), self.device_mesh, self.cfg.hardware)
-        self._sharded = True
+        self._configured = True
 
     # -- steps ---------------------------------------------------------------------------------------
     def step(self, batch: dict[str, Tensor], split: str) -> Tensor:

@@ -99,7 +99,6 @@ class TrainerSpec(Spec):
 
 
 class FSDPSpec(Spec):
-    activation_checkpointing: bool = Field(False, description="Recompute each block's activations in backward.")
     cpu_offload: bool = Field(False, description="Keep sharded parameters and optimizer state in CPU memory.")
     reshard_after_forward: bool = Field(
         True, description="Free gathered parameters after forward (ZeRO-3); false = ZeRO-2."
@@ -116,7 +115,23 @@ class HardwareSpec(Spec):
     precision: Literal["32-true", "bf16-mixed", "16-mixed", "bf16-true"] = Field(
         "32-true", description="Numeric precision (Lightning's names)."
     )
+    activation_checkpointing: bool = Field(
+        False,
+        description="Recompute each transformer block's activations in backward instead of keeping them "
+        "(non-reentrant), for the models a run trains, under every strategy: less memory, about one more forward.",
+    )
     fsdp: FSDPSpec = Field(default_factory=FSDPSpec, description="FSDP2 options (strategy: fsdp only).")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _moved(cls, data: Any) -> Any:
+        fsdp = data.get("fsdp") if isinstance(data, dict) else None
+        if isinstance(fsdp, dict) and "activation_checkpointing" in fsdp:
+            raise ValueError(
+                "fsdp.activation_checkpointing: moved to hardware.activation_checkpointing, which applies under "
+                "every strategy; write `hardware: {activation_checkpointing: true}`"
+            )
+        return data
 
     @model_validator(mode="after")
     def _consistent(self) -> HardwareSpec:
@@ -204,6 +219,14 @@ class ExperimentBase(Spec):
             t.prompts_per_step,
             t.micro_batch_size,
         )
+        for section in MODEL_SECTIONS:
+            spec = getattr(self, section)
+            kernel = getattr(spec, "attn_implementation", None)
+            if kernel in ("flash_attention_2", "flex_attention") and self.hardware.accelerator == "cpu":
+                found.append(
+                    f"{section}.attn_implementation: '{kernel}' runs on GPUs only (got hardware.accelerator: cpu); "
+                    "use 'sdpa' on CPU"
+                )
         if found:
             raise ValueError("\n".join(found))
         return self

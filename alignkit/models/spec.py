@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import math
 from typing import Any, Literal
 
@@ -75,8 +76,11 @@ class ModelSpec(Spec):
         "causal-LM checkpoint); the same seed gives the same weights.",
     )
     dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="Parameter dtype.")
-    attn_implementation: Literal["eager", "sdpa"] = Field(
-        "sdpa", description="Attention kernel: 'sdpa' (torch's fused attention) or 'eager' (plain matmuls)."
+    attn_implementation: Literal["eager", "sdpa", "flash_attention_2", "flex_attention"] = Field(
+        "sdpa",
+        description="Attention kernel: 'sdpa' (torch's fused attention), 'eager' (plain matmuls), "
+        "'flash_attention_2' (the flash-attn package, CUDA) or 'flex_attention' (torch's FlexAttention; it trains "
+        "on GPUs only, having no backward on CPU).",
     )
 
     @model_validator(mode="before")
@@ -103,6 +107,11 @@ class ModelSpec(Spec):
             problems.append(
                 f"path, architecture: set exactly one (got {got}); `path` loads a Hugging Face checkpoint, "
                 f"`architecture` ({', '.join(ARCHITECTURES.names())}) builds one with random weights"
+            )
+        if self.attn_implementation == "flash_attention_2" and importlib.util.find_spec("flash_attn") is None:
+            problems.append(
+                "attn_implementation: 'flash_attention_2' needs the flash-attn package, which is not installed "
+                "(pip install flash-attn, on a CUDA machine); use 'sdpa'"
             )
         if self.path is not None:
             problems += [

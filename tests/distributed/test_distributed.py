@@ -64,7 +64,7 @@ def status(run_dir: Path) -> dict:
         # both FSDP options in one run (each only changes how blocks are wrapped); plain FSDP: the resume test
         [
             "hardware.preset=fsdp-cpu-2",
-            "hardware.fsdp.activation_checkpointing=true",
+            "hardware.activation_checkpointing=true",
             "hardware.fsdp.reshard_after_forward=false",
         ],
     ],

@@ -237,3 +237,26 @@ def test_a_real_vocabulary_size_and_tied_embeddings_on_a_byte_tokenizer_model() 
     assert small.config.vocab_size == len(byte_tokenizer())  # never below the tokenizer's size
     with pytest.raises(ValueError, match="vocab_size: sizes apply only to a model built from `architecture`"):
         ModelSpec(path="/some/checkpoint", vocab_size=1000)
+
+
+def test_attention_kernels_that_cannot_run_here_are_refused_with_what_to_use() -> None:
+    """flash_attention_2 needs the flash-attn package (not installed on the CI machines); FlexAttention and
+    FlashAttention train on GPUs only (torch's FlexAttention has no backward on CPU)."""
+    import importlib.util
+
+    from alignkit.config.errors import ConfigError
+    from alignkit.config.load import validate_dict
+
+    if importlib.util.find_spec("flash_attn") is None:
+        with pytest.raises(ValidationError, match="needs the flash-attn package, which is not installed"):
+            ModelSpec(architecture="llama", attn_implementation="flash_attention_2")
+    config = {
+        "name": "t",
+        "algorithm": {"name": "sft"},
+        "policy": {"architecture": "llama", "attn_implementation": "flex_attention"},
+        "data": {"train": {"generator": "reverse_words"}},
+        "hardware": {"accelerator": "cpu"},
+    }
+    with pytest.raises(ConfigError, match=r"policy\.attn_implementation: 'flex_attention' runs on GPUs only"):
+        validate_dict(config)
+    validate_dict({**config, "hardware": {"accelerator": "gpu"}})  # the same model on a GPU is fine
