@@ -175,8 +175,8 @@ def test_unknown_presets_name_their_path_and_suggest(write_yaml: WriteYaml) -> N
     path = write_yaml("exp.yaml", "algorithm: {name: sft}\npolicy: {preset: tiny-lama}\ndata: {preset: reverse-word}\n")
     found = load_problems(path)
     assert found["policy.preset"] == (
-        "unknown preset 'tiny-lama' (in registry/models/); allowed: llama-1b-like, qwen2-90m-vocab, small-llama, "
-        "tiny-gpt2, tiny-llama, tiny-qwen2; did you mean 'tiny-llama'?"
+        "unknown preset 'tiny-lama' (in registry/models/); allowed: llama-1b-like, qwen2-90m-vocab, qwen25-05b-like, "
+        "small-llama, tiny-gpt2, tiny-llama, tiny-qwen2; did you mean 'tiny-llama'?"
     )
     assert re.fullmatch(r"unknown preset 'reverse-word' .*; did you mean 'reverse-words'\?", found["data.preset"])
 
@@ -710,7 +710,7 @@ def test_preset_names_are_names_not_paths(write_yaml: WriteYaml, name: str) -> N
     found = load_problems(write_yaml("x.yaml", f"algorithm: {{name: sft}}\npolicy: {{preset: {name}}}\n"))
     assert found["policy.preset"].startswith("should be a preset name (got ")
     assert (
-        "allowed: llama-1b-like, qwen2-90m-vocab, small-llama, tiny-gpt2, tiny-llama, tiny-qwen2"
+        "allowed: llama-1b-like, qwen2-90m-vocab, qwen25-05b-like, small-llama, tiny-gpt2, tiny-llama, tiny-qwen2"
         in found["policy.preset"]
     )
 
