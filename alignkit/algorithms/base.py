@@ -29,6 +29,8 @@ class AlignModule(L.LightningModule):
         for section, model in models.items():
             if section not in self.card.trained:
                 model.requires_grad_(False)
+            if not cfg.trainer.chunked_logprobs:
+                model.alignkit_plain_head = True  # read by ops.lm_head.lean_supported, wherever log-probs are taken
             setattr(self, section, model)
         self._configured = False
         self.last_eval_step = -1

@@ -75,6 +75,12 @@ class TrainerSpec(Spec):
     seed: int = Field(
         0, ge=0, le=2**32 - 1, description="Seed for data order, sampling and anything random in training."
     )
+    chunked_logprobs: bool = Field(
+        True,
+        description="Log-probs through the LM head in chunks, completion positions only, never the [tokens x "
+        "vocabulary] logits (alignkit/ops/lm_head.py); false: the plain logits path, the reference it is tested "
+        "equal to (for measuring what it saves).",
+    )
     deterministic: bool = Field(
         False,
         description="torch's deterministic algorithms (through Lightning): the same seed on the same machine and "

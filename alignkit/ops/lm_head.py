@@ -151,7 +151,10 @@ def chunked_token_logprobs(
 
 def lean_supported(model: nn.Module) -> bool:
     """Whether the model's head is a plain linear map this module reproduces: no logit scaling or soft-capping
-    (Gemma 2's `final_logit_softcapping`, Cohere's `logit_scale`), which the plain path then handles."""
+    (Gemma 2's `final_logit_softcapping`, Cohere's `logit_scale`), which the plain path then handles; and the
+    run did not ask for the plain path (`trainer.chunked_logprobs: false` marks its models)."""
+    if getattr(model, "alignkit_plain_head", False):
+        return False
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     config = getattr(model, "config", None)
     special = any(getattr(config, k, None) not in (None, 1.0) for k in ("final_logit_softcapping", "logit_scale"))

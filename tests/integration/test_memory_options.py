@@ -1,4 +1,6 @@
-"""`hardware.activation_checkpointing`: recompute instead of keep, under every strategy, with the same numbers."""
+"""Options that trade memory for compute give the same numbers: `hardware.activation_checkpointing` (recompute
+each block instead of keeping it, under every strategy) and `trainer.chunked_logprobs` (the LM head in chunks,
+or the plain logits path it is tested against)."""
 
 from __future__ import annotations
 
@@ -61,3 +63,29 @@ def test_the_old_fsdp_key_says_where_it_moved() -> None:
             }
         )
     assert "moved to hardware.activation_checkpointing" in str(err.value)
+
+
+@pytest.mark.parametrize("algorithm", ["dpo", "grpo"])
+def test_the_plain_logits_path_is_a_switch_with_the_same_numbers(
+    algorithm: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`trainer.chunked_logprobs: false` marks the run's models so that every log-prob (the policy's, the
+    reference's, the sampler's scoring) takes the plain path; the losses agree with the chunked run's."""
+    import alignkit.ops.lm_head as lm_head
+
+    chunked_calls = []
+    original = lm_head.chunked_token_logprobs
+
+    def counting(*args: object, **kwargs: object) -> object:
+        chunked_calls.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(lm_head, "chunked_token_logprobs", counting)
+    losses, calls = [], []
+    for chunked in (True, False):
+        cfg = tiny_config(algorithm, tmp_path / str(chunked), eval_fraction=0.0, trainer={"chunked_logprobs": chunked})
+        losses.append(read_run_record(run(cfg).run_dir)["metrics"]["train/loss"])
+        calls.append(len(chunked_calls))
+        chunked_calls.clear()
+    assert calls[0] > 0 and calls[1] == 0
+    assert losses[0] == pytest.approx(losses[1], abs=1e-5)
