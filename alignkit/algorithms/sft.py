@@ -9,8 +9,7 @@ from torch import Tensor
 
 from alignkit.algorithms.base import AlignModule
 from alignkit.algorithms.configs.sft import SFT_CARD
-from alignkit.ops import masked_mean, masked_sum, model_logits, token_logprobs
-from alignkit.ops.lm_head import lean_supported, lean_token_logprobs
+from alignkit.ops import completion_logprobs, masked_mean, masked_sum
 
 
 def _token_mean(nll: Tensor, mask: Tensor) -> Tensor:
@@ -48,11 +47,8 @@ class SFT(AlignModule):
     card = SFT_CARD
 
     def step(self, batch: dict[str, Tensor], split: str) -> Tensor:
-        ids, mask = batch["input_ids"], batch["completion_mask"]
-        if lean_supported(self.policy):  # the head in chunks, completion positions only (ops/lm_head.py)
-            logps = lean_token_logprobs(self.policy, ids, batch["attention_mask"], mask)[0]
-        else:
-            logps = token_logprobs(model_logits(self.policy, ids, batch["attention_mask"]), ids)
+        mask = batch["completion_mask"]
+        logps = completion_logprobs(self.policy, batch["input_ids"], batch["attention_mask"], mask)
         loss, metrics = sft_loss(logps, mask, self.algo.loss_aggregation)
         self.log_split(split, metrics, batch_size=batch["input_ids"].shape[0])
         return loss

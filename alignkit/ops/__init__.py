@@ -13,7 +13,8 @@ _LAZY = {
     "masked_sum": "logprobs",
     "model_logits": "logprobs",
     "position_ids": "logprobs",
-    "sequence_logprobs": "logprobs",
+    "completion_logprobs": "lm_head",
+    "sequence_logprobs": "lm_head",
     "token_logprobs": "logprobs",
     "AGGREGATIONS": "rl",
     "KL_ESTIMATORS": "rl",
@@ -37,12 +38,12 @@ __getattr__ = lazy_attributes(__name__, _LAZY)
 
 
 if TYPE_CHECKING:
+    from alignkit.ops.lm_head import completion_logprobs, sequence_logprobs
     from alignkit.ops.logprobs import (
         masked_mean,
         masked_sum,
         model_logits,
         position_ids,
-        sequence_logprobs,
         token_logprobs,
     )
     from alignkit.ops.rl import (
@@ -75,6 +76,7 @@ __all__ = [
     "baseline_advantages",
     "clipped_policy_loss",
     "clipped_value_loss",
+    "completion_logprobs",
     "entropy_from_logits",
     "explained_variance",
     "gae",

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from alignkit.ops.logprobs import position_ids
+from alignkit.ops.logprobs import model_logits, position_ids, token_logprobs
 
 TOKEN_CHUNK = 1024  # positions per chunk of the head's matmul
 VOCAB_CHUNK = 32768  # vocabulary entries per chunk: a [1024 x 32768] float32 block is 128 MB at most
@@ -205,3 +205,20 @@ def lean_token_logprobs(
         ).logits
     out = F.pad(out[:, :-1], (0, 0, 1, 0))
     return out[..., 0], out[..., 1]
+
+
+def completion_logprobs(model: nn.Module, input_ids: Tensor, attention_mask: Tensor, mask: Tensor) -> Tensor:
+    """log p(x_t | x_<t), [B, T] float32, at the positions `mask` sets and 0 elsewhere: through the head in chunks
+    where the model's head allows it (`lean_supported`), else from the plain [B, T, V] logits."""
+    if lean_supported(model):
+        return lean_token_logprobs(model, input_ids, attention_mask, mask)[0]
+    return token_logprobs(model_logits(model, input_ids, attention_mask), input_ids) * mask
+
+
+def sequence_logprobs(model: nn.Module, input_ids: Tensor, attention_mask: Tensor, completion_mask: Tensor) -> Tensor:
+    """log p(completion | prompt) of each row, [B]: token log-probs summed over the completion tokens.
+
+    Position ids come from the mask, so a row gives the same number however it is padded (left, right, or
+    batched with longer rows); padding and prompt tokens never count.
+    """
+    return completion_logprobs(model, input_ids, attention_mask, completion_mask).sum(-1)

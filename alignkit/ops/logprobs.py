@@ -52,19 +52,3 @@ def model_logits(
         use_cache=False,
         **extra,
     ).logits
-
-
-def sequence_logprobs(
-    model: torch.nn.Module, input_ids: Tensor, attention_mask: Tensor, completion_mask: Tensor
-) -> Tensor:
-    """log p(completion | prompt) of each row, [B]: token log-probs summed over the completion tokens.
-
-    Position ids come from the mask, so a row gives the same number however it is padded (left, right, or
-    batched with longer rows); padding and prompt tokens never count.
-    """
-    from alignkit.ops.lm_head import lean_supported, lean_token_logprobs
-
-    if lean_supported(model):  # the head in chunks, completion positions only (alignkit/ops/lm_head.py)
-        return lean_token_logprobs(model, input_ids, attention_mask, completion_mask)[0].sum(-1)
-    logits = model_logits(model, input_ids, attention_mask)
-    return masked_sum(token_logprobs(logits, input_ids), completion_mask, dim=-1)

@@ -13,8 +13,8 @@ import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
-from alignkit.ops.lm_head import chunked_token_logprobs, lean_supported, lean_token_logprobs
-from alignkit.ops.logprobs import masked_sum, model_logits, sequence_logprobs, token_logprobs
+from alignkit.ops.lm_head import chunked_token_logprobs, lean_supported, lean_token_logprobs, sequence_logprobs
+from alignkit.ops.logprobs import masked_sum, model_logits, token_logprobs
 from alignkit.ops.rl import entropy_from_logits
 from alignkit.rollout import Rollout, score
 
