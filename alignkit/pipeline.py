@@ -268,6 +268,10 @@ class Node:
     def root(self) -> Path:
         return Path(self.raw["logging"]["root"]) / self.stage.name
 
+    @property
+    def trained(self) -> tuple[str, ...]:
+        return self.stage.trained
+
 
 def derive_seed(value: int, seed: int) -> int:
     """A data generator's seed for pipeline seed `seed`: the file's value for seed 0, else a hash of both
@@ -565,13 +569,12 @@ def find_run(where: Stage | Node, config: Any) -> tuple[str, Path | None]:
     """('reuse', run) for a finished run of this exact config; ('resume', last.ckpt) for an unfinished one;
     ('new', None) otherwise."""
     wanted = comparable(config.model_dump(mode="json"))
-    trained = where.stage.trained if isinstance(where, Node) else where.trained
     for run in reversed(versions(where.root)):
         saved = _config_of(run)
         if saved is None or comparable(saved) != wanted:
             continue
         status = read_status(run)
-        exports = all((run / "hf" / s).is_dir() for s in trained) or not config.checkpoint.export_hf
+        exports = all((run / "hf" / s).is_dir() for s in where.trained) or not config.checkpoint.export_hf
         if status == "finished" and exports:
             return "reuse", run
         # `alignkit run` resumes from last.ckpt, or from the newest step checkpoint that reads intact
@@ -677,6 +680,7 @@ def run_pipeline(
     tag = f"[{pipeline.name}]"
     # `accelerator: auto` takes a GPU where the pool has one; a cluster's nodes are assumed to have them
     gpus = 1 if executor == "slurm" else len(visible_gpus())
+    at_once = min(jobs, sum(step.action != "reuse" for step in steps.values()))
     todo: list[Job] = []
     for label, step in steps.items():
         if step.action == "reuse":
@@ -691,10 +695,11 @@ def run_pipeline(
         file.parent.mkdir(parents=True, exist_ok=True)
         file.write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
         hw = config.hardware
+        takes = gpus_of(hw, gpus)
         env = {}
-        if gpus_of(hw, gpus) == 0 and isinstance(hw.devices, int) and hw.devices > 1 and executor != "slurm":
+        if takes == 0 and isinstance(hw.devices, int) and hw.devices > 1 and executor != "slurm":
             # a DDP or FSDP run on CPU starts `devices` processes: they share its part of the cores
-            share = max(1, usable_cores() // (min(jobs, len(steps)) * hw.devices))
+            share = max(1, usable_cores() // (at_once * hw.devices))
             env = {"OMP_NUM_THREADS": str(share), "MKL_NUM_THREADS": str(share)}
         todo.append(
             Job(
@@ -702,7 +707,7 @@ def run_pipeline(
                 argv=(sys.executable, "-m", "alignkit", "run", str(file)),
                 log=step.node.root / f"{name}.log",
                 needs=tuple(r for r in pipeline.reads(step.node) if steps[r].action != "reuse"),
-                gpus=gpus_of(hw, gpus),
+                gpus=takes,
                 nodes=hw.num_nodes,
                 env=env,
             )
