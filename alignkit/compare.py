@@ -89,6 +89,8 @@ class CompareResult:
     rows: list[Row] = field(default_factory=list)
     baseline: str = "sft"
     failed: dict[str, str] = field(default_factory=dict)  # pipeline runs that did not finish, with why
+    # (methods, P, low, high) of the final policies: computed once, shown by the table and the heatmap
+    improvement: tuple[list[str], Any, Any, Any] | None = None
 
     def finals(self) -> list[Point]:
         return [p for p in self.points if p.final]
@@ -286,6 +288,7 @@ def run_compare(
     for seed in usable:
         result.points += _evaluate_seed(pipeline, done, evaluator, seed, samples, log)
     result.rows = aggregate(result.points, spec)
+    result.improvement = _improvement(result, spec)
     write_table(result, evaluator.num_prompts, spec, pipeline)
     write_tensorboard(result, pipeline, done)
     (out / "samples.jsonl").write_text("".join(json.dumps(s) + "\n" for s in samples))
@@ -571,7 +574,7 @@ def write_table(result: CompareResult, num_prompts: int, spec: CompareSpec, pipe
     if result.failed:
         lines += ["", "Runs that did not finish (left out above):", ""]
         lines += [f"- `{label}`: {why}" for label, why in result.failed.items()]
-    methods, matrix, low, high = _improvement(result, spec)
+    methods, matrix, low, high = result.improvement or _improvement(result, spec)
     if len(methods) > 1:
         lines += [
             "",

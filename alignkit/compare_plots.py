@@ -214,7 +214,13 @@ def improvement(view: _View, reps: int = 2000, prompts: str = "crossed") -> Figu
         ax.text(0.5, 0.5, "one method only: nothing to compare", ha="center", va="center", transform=ax.transAxes)
         ax.set_axis_off()
         return fig
-    methods, p, low, high = improvement_matrix({m: scores[m] for m in order}, reps=reps, prompts=prompts)
+    if view.result.improvement is not None:  # the table's matrix, best mean first: the same numbers in both
+        names, *arrays = view.result.improvement
+        perm = [names.index(m) for m in order]
+        p, low, high = (a[np.ix_(perm, perm)] for a in arrays)
+        methods = order
+    else:
+        methods, p, low, high = improvement_matrix({m: scores[m] for m in order}, reps=reps, prompts=prompts)
     shown = np.ma.masked_array(p, mask=np.eye(k, dtype=bool))
     cmap = colormaps["RdBu"].with_extremes(bad="0.93")
     image = ax.imshow(shown, cmap=cmap, vmin=0.0, vmax=1.0)
