@@ -12,6 +12,19 @@ from transformers import get_scheduler
 from alignkit.algorithms.configs.base import AlgorithmCard
 
 
+def mark_forward_options(model: nn.Module, trainer: Any) -> None:
+    """Mark every transformers model inside `model` (a reward wrapper holds one) with the run's choices of how
+    log-probs and values are computed, read wherever they are taken (ops.lm_head.lean_supported, layout_options)."""
+    for module in model.modules():
+        if not hasattr(module, "config"):
+            continue
+        if not trainer.chunked_logprobs:
+            module.alignkit_plain_head = True
+        if trainer.padding_free != "auto":
+            module.alignkit_padding_free = trainer.padding_free
+        module.alignkit_shared_prompts = trainer.shared_prompts
+
+
 class AlignModule(L.LightningModule):
     """A LightningModule that receives its models (it never builds them) and trains the `trained` ones.
 
@@ -29,8 +42,7 @@ class AlignModule(L.LightningModule):
         for section, model in models.items():
             if section not in self.card.trained:
                 model.requires_grad_(False)
-            if not cfg.trainer.chunked_logprobs:
-                model.alignkit_plain_head = True  # read by ops.lm_head.lean_supported, wherever log-probs are taken
+            mark_forward_options(model, cfg.trainer)
             setattr(self, section, model)
         self._configured = False
         self.last_eval_step = -1

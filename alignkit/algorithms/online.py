@@ -16,9 +16,20 @@ from torch import Tensor
 
 from alignkit.algorithms.base import AlignModule
 from alignkit.ops import masked_mean, masked_sum
+from alignkit.ops.layout import consecutive_groups
 from alignkit.ops.rl import aggregate, clipped_policy_loss, kl_penalty
 from alignkit.rewards import RewardInputs
 from alignkit.rollout import Rollout, generate, score
+
+
+def keep_groups_together(order: Tensor, rollout: Rollout) -> Tensor:
+    """The shuffled rows `order` with each prompt's samples next to each other (groups in the order their first
+    row drew), so a micro-batch holds whole groups and their prompt is scored once (trainer.shared_prompts). The
+    same random draw as without, so sampling downstream is unchanged."""
+    groups = consecutive_groups(rollout.sequences[:, : rollout.prompt_length])[order]
+    first = torch.full((int(groups.max()) + 1,), len(order), device=order.device)
+    first = first.scatter_reduce(0, groups, torch.arange(len(order), device=order.device), "amin")
+    return order[torch.argsort(first[groups] * len(order) + torch.arange(len(order), device=order.device))]
 
 
 class OnlineModule(AlignModule):
@@ -121,6 +132,8 @@ class OnlineModule(AlignModule):
         counts_by_key: dict[str, int] = {}
         for epoch in range(self.algo.update_epochs):
             order = train_rows[torch.randperm(len(train_rows), device=mask.device)]
+            if self.cfg.trainer.shared_prompts:
+                order = keep_groups_together(order, exp["rollout"])
             for minibatch in order.tensor_split(self.algo.num_minibatches):
                 # The loss of each micro-batch is its share of the whole minibatch's (over every rank), so the
                 # gradients add up to the minibatch's whatever the micro-batch size and number of processes.

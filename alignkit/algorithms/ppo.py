@@ -13,6 +13,7 @@ from alignkit.algorithms.online import OnlineModule
 from alignkit.algorithms.rejection_sampling import best_of_groups, sft_on_kept
 from alignkit.models import token_values
 from alignkit.ops import masked_mean
+from alignkit.ops.layout import consecutive_groups
 from alignkit.ops.rl import (
     AdaptiveKLController,
     FixedKLController,
@@ -75,7 +76,8 @@ class PPO(OnlineModule):
 
     def values_of(self, rollout: Any) -> Tensor:
         """[N, T] V(s_t) for each token t: the critic's output at the position before it (the state it saw)."""
-        values = token_values(self.critic, rollout.sequences, rollout.attention_mask)
+        groups = consecutive_groups(rollout.sequences[:, : rollout.prompt_length])
+        values = token_values(self.critic, rollout.sequences, rollout.attention_mask, groups)
         return F.pad(values[:, :-1], (1, 0)) * rollout.response_mask
 
     def advantages(self, exp: dict[str, Any]) -> None:

@@ -12,13 +12,17 @@ from torch import Tensor
 from alignkit.data.collate import concat_sequences
 from alignkit.data.loader import ShardedSampler
 from alignkit.ops import sequence_logprobs
+from alignkit.ops.layout import pair_groups
 
 log = logging.getLogger(__name__)
 
 
 def forward_logps(model: torch.nn.Module, batch: dict[str, Tensor], prefixes: tuple[str, ...]) -> Tensor:
-    """[B, len(prefixes)] sequence log-probs of each prefix's sequences, in one forward."""
-    logps = sequence_logprobs(model, *concat_sequences(batch, prefixes))
+    """[B, len(prefixes)] sequence log-probs of each prefix's sequences, in one forward; a row's sequences (a
+    pair's chosen and rejected) share their prompt when the run asks for it (`trainer.shared_prompts`)."""
+    ids, attention, completion = concat_sequences(batch, prefixes)
+    rows = len(ids) // len(prefixes)
+    logps = sequence_logprobs(model, ids, attention, completion, pair_groups(rows, len(prefixes), ids.device))
     return logps.view(len(prefixes), -1).T
 
 

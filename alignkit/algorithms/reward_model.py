@@ -9,6 +9,7 @@ from alignkit.algorithms.base import AlignModule
 from alignkit.algorithms.configs.reward_model import REWARD_MODEL_CARD
 from alignkit.data.collate import concat_sequences
 from alignkit.models import sequence_scores
+from alignkit.ops.layout import pair_groups
 
 
 def bradley_terry_loss(
@@ -38,9 +39,11 @@ class RewardModel(AlignModule):
     card = REWARD_MODEL_CARD
 
     def step(self, batch: dict[str, Tensor], split: str) -> Tensor:
-        # chosen and rejected are padded to one length by the collator: one forward over both halves
+        # chosen and rejected are padded to one length by the collator: one forward over both halves (one
+        # sequence per pair when prompts are shared)
         ids, mask, _ = concat_sequences(batch, ("chosen_", "rejected_"))
-        scores = sequence_scores(self.reward_model, ids, mask).float()
+        groups = pair_groups(len(ids) // 2, 2, ids.device)
+        scores = sequence_scores(self.reward_model, ids, mask, groups).float()
         chosen, rejected = scores.chunk(2)
         margin = batch.get("margin") if self.algo.use_margin else None
         loss, metrics = bradley_terry_loss(chosen, rejected, margin, self.algo.center_coef)

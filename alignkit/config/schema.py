@@ -81,6 +81,19 @@ class TrainerSpec(Spec):
         "vocabulary] logits (alignkit/ops/lm_head.py); false: the plain logits path, the reference it is tested "
         "equal to (for measuring what it saves).",
     )
+    padding_free: Literal["auto"] | bool = Field(
+        "auto",
+        description="Each forward's sequences concatenated into one row, position ids restarting per sequence and no "
+        "padding computed (alignkit/ops/layout.py); the same numbers as padded rows. 'auto': on where the attention "
+        "kernel is varlen (flash_attention_2), off with sdpa and eager, whose packed row has a dense [N x N] mask "
+        "(benchmarks/memory_ladder.py measures both on your model).",
+    )
+    shared_prompts: bool = Field(
+        False,
+        description="Sequences that share a prompt are scored as one: a DPO or reward-model pair as [prompt, chosen, "
+        "rejected], an online group as [prompt, G responses], each response seeing the prompt and itself only "
+        "(a 4-D attention mask: sdpa or eager). The same numbers; the prompt's tokens run once.",
+    )
     deterministic: bool = Field(
         False,
         description="torch's deterministic algorithms (through Lightning): the same seed on the same machine and "
@@ -232,6 +245,11 @@ class ExperimentBase(Spec):
                 found.append(
                     f"{section}.attn_implementation: '{kernel}' runs on GPUs only (got hardware.accelerator: cpu); "
                     "use 'sdpa' on CPU"
+                )
+            if t.shared_prompts and kernel in ("flash_attention_2", "flex_attention"):
+                found.append(
+                    f"{section}.attn_implementation: '{kernel}' takes no 4-D attention mask, which "
+                    "trainer.shared_prompts needs; use 'sdpa' or 'eager', or set trainer.shared_prompts: false"
                 )
         if found:
             raise ValueError("\n".join(found))

@@ -6,6 +6,7 @@ import torch
 from transformers import PreTrainedModel
 
 from alignkit.ops import position_ids
+from alignkit.ops.lm_head import layout_for, model_inputs
 
 
 def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -14,18 +15,33 @@ def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
     return (positions * attention_mask.long()).argmax(-1)
 
 
-def token_values(model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """[B, T] float32: the score head applied to the last hidden state at every position."""
-    hidden = model.base_model(
-        input_ids=input_ids,
-        attention_mask=attention_mask,
-        position_ids=position_ids(attention_mask),
-        use_cache=False,
-    ).last_hidden_state
-    return model.score(hidden).squeeze(-1).float()
+def token_values(
+    model: PreTrainedModel,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    groups: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """[B, T] float32: the score head applied to the last hidden state at every position (0 on padding).
+
+    The backbone runs on the layout the model's options ask for (packed rows, shared prompts of the rows that
+    `groups` [B] puts together: alignkit/ops/layout.py); the values are the padded batch's.
+    """
+    layout = layout_for(model, input_ids, attention_mask, groups)
+    if layout.kind == "padded":
+        hidden = model.base_model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids(attention_mask),
+            use_cache=False,
+        ).last_hidden_state
+        return model.score(hidden).squeeze(-1).float()
+    hidden = model.base_model(**model_inputs(model, layout)).last_hidden_state
+    return model.score(layout.gather(hidden)).squeeze(-1).float() * attention_mask
 
 
-def sequence_scores(model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+def sequence_scores(
+    model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor, groups: torch.Tensor | None = None
+) -> torch.Tensor:
     """[B] float32: the value at each sequence's last real token (the reward model's score)."""
-    values = token_values(model, input_ids, attention_mask)
+    values = token_values(model, input_ids, attention_mask, groups)
     return values.gather(1, last_token_index(attention_mask)[:, None]).squeeze(1)

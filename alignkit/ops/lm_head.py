@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from alignkit.ops.layout import Layout, lay_out, padded
 from alignkit.ops.logprobs import model_logits, position_ids, token_logprobs
 
 TOKEN_CHUNK = 1024  # positions per chunk of the head's matmul
@@ -161,26 +162,77 @@ def lean_supported(model: nn.Module) -> bool:
     return isinstance(head, nn.Linear) and not special
 
 
+def layout_options(model: nn.Module) -> tuple[bool, bool]:
+    """(padding-free, shared prompts) for the model's forwards: what the run set (`trainer.padding_free`,
+    `trainer.shared_prompts` mark its models), else the default for its attention kernel: packed rows where the
+    kernel is varlen (FlashAttention: no mask, no padding computed), padded rows with sdpa and eager (a packed
+    row's mask is dense there, so its attention costs N^2 for N tokens; benchmarks/memory_ladder.py measures
+    both); prompts shared only when asked."""
+    kernel = getattr(getattr(model, "config", None), "_attn_implementation", None)
+    pack = getattr(model, "alignkit_padding_free", None)
+    share = getattr(model, "alignkit_shared_prompts", None)
+    return (kernel == "flash_attention_2") if pack is None else pack, bool(share)
+
+
+def layout_for(model: nn.Module, input_ids: Tensor, attention_mask: Tensor, groups: Tensor | None = None) -> Layout:
+    """The layout the model's options ask for (`layout_options`); `groups` [S] names the sequences that may share
+    their common prefix (ignored unless prompts are shared)."""
+    pack, share = layout_options(model)
+    pad = getattr(getattr(model, "config", None), "pad_token_id", None) or 0
+    return lay_out(input_ids, attention_mask, pack=pack, groups=groups if share else None, pad_token_id=pad)
+
+
+def model_inputs(model: nn.Module, layout: Layout) -> dict[str, Any]:
+    """Keyword arguments of the model's forward for a layout; a 4-D mask in the form the attention kernel reads
+    (sdpa: bool, True = attend; eager: added to the scores, 0 or the dtype's minimum)."""
+    mask = layout.attention_mask
+    if layout.kind == "shared":
+        kernel = model.config._attn_implementation
+        if kernel not in ("sdpa", "eager"):
+            raise ValueError(
+                f"shared prompts need a 4-D attention mask, which attn_implementation '{kernel}' does not take; "
+                "use 'sdpa' or 'eager', or set trainer.shared_prompts: false"
+            )
+        if kernel == "eager":
+            dtype = next(model.parameters()).dtype
+            mask = torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, torch.finfo(dtype).min)
+    return {
+        "input_ids": layout.input_ids,
+        "attention_mask": mask,
+        "position_ids": layout.position_ids,
+        "use_cache": False,  # with a cache, transformers stops telling packed sequences apart
+    }
+
+
 @contextmanager
-def lean_head(model: nn.Module, targets: Tensor, mask: Tensor, temperature: float = 1.0) -> Iterator[None]:
-    """While the model runs, its head returns [B, T, 2] float32: (log p(targets[b, t]), entropy) at each position
-    t where `mask` is set, computed by `chunked_token_logprobs` from that position's hidden state, and 0
-    elsewhere. `targets` and `mask` are [B, T], aligned with the positions the head receives."""
+def lean_head(model: nn.Module, index: Tensor, targets: Tensor, temperature: float = 1.0) -> Iterator[None]:
+    """While the model runs, its head returns [1, K, 2] float32: (log p(targets[k]), entropy) from the hidden state
+    at flat position `index[k]` of the [R, L] positions it receives, computed by `chunked_token_logprobs`. An
+    index may repeat (a shared prompt's last token predicts the first token of every completion)."""
     head = model.get_output_embeddings()
 
     def forward(hidden: Tensor) -> Tensor:
-        keep = mask.bool()
-        logp, entropy = chunked_token_logprobs(
-            hidden[keep], head.weight, head.bias, targets[keep], temperature=temperature
-        )
-        out = hidden.new_zeros(*hidden.shape[:2], 2, dtype=torch.float32)
-        return out.index_put((keep,), torch.stack([logp, entropy], -1))
+        rows = hidden.flatten(0, 1)[index]
+        logp, entropy = chunked_token_logprobs(rows, head.weight, head.bias, targets, temperature=temperature)
+        return torch.stack([logp, entropy], -1)[None]
 
     head.forward = forward  # an instance attribute: the module's hooks (FSDP's) still run around it
     try:
         yield
     finally:
         del head.forward
+
+
+def _scored(input_ids: Tensor, attention_mask: Tensor, mask: Tensor, layout: Layout) -> tuple[Tensor, Tensor, Tensor]:
+    """(positions [S, T] bool that are scored, the layout index of the state predicting each, its target id):
+    position t of a row is predicted by its position t - 1, and a sequence's first token by nothing."""
+    scored = mask.bool() & attention_mask.bool() & (position_ids(attention_mask) > 0)
+    rows, cols = scored.nonzero(as_tuple=True)
+    return scored, layout.where[rows, cols - 1], input_ids[rows, cols]
+
+
+def _unscatter(scored: Tensor, values: Tensor) -> Tensor:
+    return values.new_zeros(scored.shape).masked_scatter(scored, values)
 
 
 def lean_token_logprobs(
@@ -190,35 +242,78 @@ def lean_token_logprobs(
     mask: Tensor,
     *,
     temperature: float = 1.0,
+    layout: Layout | None = None,
 ) -> tuple[Tensor, Tensor]:
     """(log p(x_t | x_<t), entropy of the distribution that predicted x_t), each [B, T] float32, at the positions
-    t where `mask` [B, T] is set (0 elsewhere and at t = 0): what `token_logprobs(model_logits(...))` gives
-    there, without the [B, T, V] logits. Position ids come from the attention mask, as in `model_logits`."""
-    targets = F.pad(input_ids[:, 1:], (0, 1))
-    predicts = F.pad(mask[:, 1:].bool(), (0, 1))  # position t's hidden state predicts token t + 1
-    with lean_head(model, targets, predicts, temperature):
-        out = model(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            position_ids=position_ids(attention_mask),
-            use_cache=False,
-        ).logits
-    out = F.pad(out[:, :-1], (0, 0, 1, 0))
-    return out[..., 0], out[..., 1]
+    t where `mask` [B, T] is set (0 elsewhere and at each sequence's first token): what
+    `token_logprobs(model_logits(...))` gives there, without the [B, T, V] logits. The model runs on `layout`
+    (default: the padded batch itself, position ids from the attention mask, as in `model_logits`)."""
+    layout = layout if layout is not None else padded(input_ids, attention_mask)
+    scored, index, targets = _scored(input_ids, attention_mask, mask, layout)
+    with lean_head(model, index, targets, temperature):
+        out = model(**model_inputs(model, layout)).logits[0]
+    return _unscatter(scored, out[:, 0]), _unscatter(scored, out[:, 1])
 
 
-def completion_logprobs(model: nn.Module, input_ids: Tensor, attention_mask: Tensor, mask: Tensor) -> Tensor:
-    """log p(x_t | x_<t), [B, T] float32, at the positions `mask` sets and 0 elsewhere: through the head in chunks
-    where the model's head allows it (`lean_supported`), else from the plain [B, T, V] logits."""
+def laid_out_plain_logprobs(
+    model: nn.Module,
+    input_ids: Tensor,
+    attention_mask: Tensor,
+    mask: Tensor,
+    layout: Layout,
+    *,
+    temperature: float = 1.0,
+) -> tuple[Tensor, Tensor]:
+    """`lean_token_logprobs` from the model's own [R, L, V] logits (heads the chunks do not reproduce)."""
+    scored, index, targets = _scored(input_ids, attention_mask, mask, layout)
+    logits = model(**model_inputs(model, layout)).logits.flatten(0, 1)[index].float() / temperature
+    logp_all = torch.log_softmax(logits, -1)
+    logp = logp_all.gather(1, targets[:, None]).squeeze(1)
+    entropy = -(logp_all.exp() * logp_all).sum(-1)
+    return _unscatter(scored, logp), _unscatter(scored, entropy)
+
+
+def token_logprobs_and_entropy(
+    model: nn.Module,
+    input_ids: Tensor,
+    attention_mask: Tensor,
+    mask: Tensor,
+    *,
+    temperature: float = 1.0,
+    groups: Tensor | None = None,
+) -> tuple[Tensor, Tensor] | None:
+    """(log-probs, entropy) [B, T] at the `mask` positions, through the head in chunks where the model allows it
+    (`lean_supported`) and on the layout its options ask for (`layout_for`; `groups` for shared prompts). None
+    when neither applies: the caller's own plain path on the padded batch is then the computation."""
+    layout = layout_for(model, input_ids, attention_mask, groups)
     if lean_supported(model):
-        return lean_token_logprobs(model, input_ids, attention_mask, mask)[0]
+        return lean_token_logprobs(model, input_ids, attention_mask, mask, temperature=temperature, layout=layout)
+    if layout.kind == "padded":
+        return None
+    return laid_out_plain_logprobs(model, input_ids, attention_mask, mask, layout, temperature=temperature)
+
+
+def completion_logprobs(
+    model: nn.Module, input_ids: Tensor, attention_mask: Tensor, mask: Tensor, groups: Tensor | None = None
+) -> Tensor:
+    """log p(x_t | x_<t), [B, T] float32, at the positions `mask` sets and 0 elsewhere: through
+    `token_logprobs_and_entropy`, else from the plain [B, T, V] logits of the padded batch."""
+    out = token_logprobs_and_entropy(model, input_ids, attention_mask, mask, groups=groups)
+    if out is not None:
+        return out[0]
     return token_logprobs(model_logits(model, input_ids, attention_mask), input_ids) * mask
 
 
-def sequence_logprobs(model: nn.Module, input_ids: Tensor, attention_mask: Tensor, completion_mask: Tensor) -> Tensor:
+def sequence_logprobs(
+    model: nn.Module,
+    input_ids: Tensor,
+    attention_mask: Tensor,
+    completion_mask: Tensor,
+    groups: Tensor | None = None,
+) -> Tensor:
     """log p(completion | prompt) of each row, [B]: token log-probs summed over the completion tokens.
 
     Position ids come from the mask, so a row gives the same number however it is padded (left, right, or
-    batched with longer rows); padding and prompt tokens never count.
+    batched with longer rows); padding and prompt tokens never count. `groups`: rows that may share a prompt.
     """
-    return completion_logprobs(model, input_ids, attention_mask, completion_mask).sum(-1)
+    return completion_logprobs(model, input_ids, attention_mask, completion_mask, groups).sum(-1)

@@ -168,7 +168,10 @@ class ModelSource(nn.Module):
             ids, mask = inputs.sequences, inputs.attention_mask
         else:
             ids, mask = self.tokenize(inputs)
-        return sequence_scores(self.model, ids, mask).float(), {}
+        # a prompt's samples sit next to each other: they may share its tokens (trainer.shared_prompts)
+        prompts = inputs.prompts
+        groups = torch.tensor([0] + [int(a != b) for a, b in zip(prompts[1:], prompts[:-1], strict=True)]).cumsum(0)
+        return sequence_scores(self.model, ids, mask, groups.to(ids.device)).float(), {}
 
 
 class WeightedSumSource(nn.Module):

@@ -8,7 +8,8 @@ import torch
 from torch import Tensor
 from transformers import GenerationConfig, PreTrainedTokenizerBase
 
-from alignkit.ops.lm_head import lean_supported, lean_token_logprobs
+from alignkit.ops.layout import consecutive_groups
+from alignkit.ops.lm_head import token_logprobs_and_entropy
 from alignkit.ops.logprobs import model_logits, position_ids, token_logprobs
 from alignkit.ops.rl import entropy_from_logits
 
@@ -172,13 +173,14 @@ def score(
     """
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0 (got {temperature})")
-    if lean_supported(model):
-        # the head in chunks, response positions only: no [tokens x vocabulary] logits (ops/lm_head.py)
-        response = rollout.response_mask.bool()
-        logprobs, entropy = lean_token_logprobs(
-            model, rollout.sequences, rollout.attention_mask, response, temperature=temperature
-        )
-        return logprobs, entropy if with_entropy else None
+    # The head in chunks, response positions only: no [tokens x vocabulary] logits (ops/lm_head.py); on packed
+    # rows, and with a prompt's samples sharing it, when the run asks (ops/layout.py).
+    groups = consecutive_groups(rollout.sequences[:, : rollout.prompt_length])
+    out = token_logprobs_and_entropy(
+        model, rollout.sequences, rollout.attention_mask, rollout.response_mask, temperature=temperature, groups=groups
+    )
+    if out is not None:
+        return out[0], out[1] if with_entropy else None
     # Only the logits that predict response tokens (positions P - 1 onwards): a long prompt's logits over
     # the vocabulary are never materialised.
     p = rollout.prompt_length

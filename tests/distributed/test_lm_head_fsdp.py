@@ -1,5 +1,6 @@
 """The chunked LM head under FSDP2 on two CPU processes (gloo): the head's weight is gathered by the model's
-own forward, and values and gradients equal the plain path of an unsharded copy."""
+own forward, and values and gradients equal the plain path of an unsharded copy, on padded rows and on a packed
+row whose pair shares its prompt (each rank's row of another length)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ def worker(rank: int, port: int, tied: bool) -> None:
     from torch.distributed.fsdp import fully_shard
     from transformers import LlamaConfig, LlamaForCausalLM
 
+    from alignkit.ops.layout import lay_out
     from alignkit.ops.lm_head import lean_token_logprobs
     from alignkit.ops.logprobs import model_logits, token_logprobs
 
@@ -48,7 +50,14 @@ def worker(rank: int, port: int, tied: bool) -> None:
         attention = torch.ones_like(ids)
         mask = torch.zeros_like(ids)
         mask[:, 6:] = 1
-        lean = lean_token_logprobs(sharded, ids, attention, mask)[0]
+        layout = None
+        if tied:  # and the two rows sharing their prompt in one packed row, of a different length on each rank
+            ids[1, :6] = ids[0, :6]
+            attention[1, 12 - rank :] = 0
+            mask = mask * attention
+            layout = lay_out(ids, attention, pack=True, groups=torch.tensor([0, 0]))
+            assert layout.kind == "shared" and layout.input_ids.shape == (1, 18 - rank)
+        lean = lean_token_logprobs(sharded, ids, attention, mask, layout=layout)[0]
         lean.sum().backward()
         plain = token_logprobs(model_logits(reference, ids, attention), ids) * mask
         plain.sum().backward()

@@ -89,3 +89,44 @@ def test_the_plain_logits_path_is_a_switch_with_the_same_numbers(
         chunked_calls.clear()
     assert calls[0] > 0 and calls[1] == 0
     assert losses[0] == pytest.approx(losses[1], abs=1e-5)
+
+
+# The layouts each run's forwards take with both options on: SFT's rows and PPO's single samples have no prompt to
+# share (packed rows); KTO's mismatched-pair forward has no partner; pairs and GRPO's groups share their prompts.
+LAID_OUT = {
+    "sft": {"packed"},
+    "reward_model": {"shared"},
+    "dpo": {"shared"},
+    "kto": {"packed", "shared"},
+    "ppo": {"packed"},
+    "grpo": {"shared"},  # its update keeps each prompt's samples in one micro-batch
+}
+
+
+@pytest.mark.parametrize("algorithm", LAID_OUT)
+def test_packed_rows_and_shared_prompts_train_to_the_same_losses(
+    algorithm: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`trainer.padding_free` and `trainer.shared_prompts` reach every forward of a run (the policy's, the
+    reference's, a reward model's and a critic's, the sampler's scoring) and change no number: the losses of three
+    steps equal the padded run's."""
+    import alignkit.ops.lm_head as lm_head
+
+    kinds: list[str] = []
+    original = lm_head.lay_out
+
+    def recording(*args: object, **kwargs: object) -> object:
+        layout = original(*args, **kwargs)
+        kinds.append(layout.kind)
+        return layout
+
+    monkeypatch.setattr(lm_head, "lay_out", recording)
+    losses, seen = [], []
+    for options in ({"padding_free": False}, {"padding_free": True, "shared_prompts": True}):
+        cfg = tiny_config(algorithm, tmp_path / str(len(losses)), eval_fraction=0.0, trainer=options)
+        losses.append(read_run_record(run(cfg).run_dir)["metrics"]["train/loss"])
+        seen.append(set(kinds))
+        kinds.clear()
+    assert seen[0] == {"padded"}
+    assert seen[1] == LAID_OUT[algorithm]
+    assert losses[0] == pytest.approx(losses[1], abs=1e-5)
