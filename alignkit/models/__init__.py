@@ -17,6 +17,7 @@ _LAZY = {
     "load_tokenizer": "build",
     "model_config": "build",
     "save_hf": "build",
+    "bpe_tokenizer": "tokenizer",
     "byte_tokenizer": "tokenizer",
     "last_token_index": "values",
     "sequence_scores": "values",
@@ -36,13 +37,14 @@ if TYPE_CHECKING:
         model_config,
         save_hf,
     )
-    from alignkit.models.tokenizer import byte_tokenizer
+    from alignkit.models.tokenizer import bpe_tokenizer, byte_tokenizer
     from alignkit.models.values import last_token_index, sequence_scores, token_values
 
 __all__ = [
     "ARCHITECTURES",
     "Architecture",
     "ModelSpec",
+    "bpe_tokenizer",
     "build_causal_lm",
     "build_scalar_model",
     "byte_tokenizer",

@@ -20,7 +20,7 @@ from transformers.models.auto.tokenization_auto import get_tokenizer_config
 
 from alignkit.models.architectures import ARCHITECTURES, SIZE_FIELDS
 from alignkit.models.spec import ModelSpec
-from alignkit.models.tokenizer import byte_tokenizer
+from alignkit.models.tokenizer import bpe_tokenizer, byte_tokenizer
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -29,6 +29,8 @@ def load_tokenizer(spec: ModelSpec) -> PreTrainedTokenizerBase:
     """The spec's tokenizer, with a pad token guaranteed (the EOS token when the tokenizer has none)."""
     if spec.tokenizer == "byte":
         tokenizer = byte_tokenizer()
+    elif spec.tokenizer == "bpe":
+        tokenizer = bpe_tokenizer()
     elif get_tokenizer_config(spec.tokenizer).get("tokenizer_class") == "TokenizersBackend":
         # A plain tokenizer.json (the byte tokenizer saves as one). AutoTokenizer would pick the class from
         # config.json's model_type for some types (qwen2 -> Qwen2Tokenizer, which adds an NFC normalizer and

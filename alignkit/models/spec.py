@@ -36,10 +36,14 @@ class ModelSpec(Spec):
         description="Registered architecture (llama, qwen2, gpt2, ...) built from its config with random "
         "weights; set this or `path`.",
     )
-    tokenizer: Literal["byte"] | str = Field(
+    tokenizer: Literal["byte", "bpe"] | str = Field(
         "byte",
-        description="'byte': the built-in byte-level tokenizer (259 tokens); otherwise a local tokenizer "
-        "directory. Left unset alongside `path`, it becomes `path` (the tokenizer saved with the model).",
+        description="'byte': the built-in byte-level tokenizer (259 tokens, BOS <s>, EOS </s>); 'bpe': a "
+        "32,000-token byte-level BPE trained locally from the Python standard library's sources, with ChatML "
+        "special tokens and chat template (pad <|endoftext|>, EOS <|im_end|>, no BOS; built once in seconds and "
+        "cached under $ALIGNKIT_CACHE, default ~/.cache/alignkit; ids can differ between Python versions); "
+        "otherwise a local tokenizer directory. Left unset alongside `path`, it becomes `path` (the tokenizer "
+        "saved with the model).",
     )
     hidden_size: int | None = Field(
         None, gt=0, description="Width of the residual stream (None: architecture default)."
