@@ -1,14 +1,22 @@
-"""Peak memory and throughput of SFT, DPO and GRPO on a real-vocabulary model, rung by rung.
+"""Peak memory and throughput of SFT, DPO and GRPO on a real-vocabulary model, rung by rung, beside TRL.
 
     python benchmarks/memory_ladder.py                          # qwen2-90m-vocab (vocabulary 151,936), CPU
     python benchmarks/memory_ladder.py --algorithms dpo --steps 6 --preset qwen25-05b-like --hardware gpu-1
 
 Rungs, each adding to the one before: `plain` (the [tokens x vocabulary] logits, `trainer.chunked_logprobs:
-false`), `chunked` (the LM head in chunks, completion positions only: alignkit/ops/lm_head.py), `+checkpointing`
-(`hardware.activation_checkpointing`). Every run is its own process, so its peak memory (RSS on CPU, CUDA
+false`), `chunked` (the LM head in chunks, completion positions only: alignkit/ops/lm_head.py), `+padding-free`
+(each micro-batch one packed row: `trainer.padding_free`), `+shared prompts` (a pair's or group's prompt run once:
+`trainer.shared_prompts`, alignkit/ops/layout.py), `+checkpointing` (`hardware.activation_checkpointing`); then
+TRL's SFTTrainer and DPOTrainer on the same weights, tokens, order, batch and optimizer (the `bench` extra), padded
+and, for SFT, with its own `padding_free`. Every run is its own process, so its peak memory (RSS on CPU, CUDA
 memory on a GPU) is its own; all start from the same saved weights and see the same data, so their first losses
 must agree, and the table shows them. Throughput is from the end of step 1 to the end of the last step.
-Padding-free batches, shared prompts and TRL's trainers side by side are the ladder's next rungs (issue 13).
+
+`model FLOP/s` counts the work every row does alike: 6 N T per trained forward and backward plus 2 N T per
+reference forward, N the parameters that multiply (all but an untied input embedding), T the real tokens of the
+unshared sequences (a pair's prompt twice); `of matmul` divides it by this machine's float32 matmul throughput,
+measured in the same run, so the distance to the hardware's limit shows. GRPO's time is mostly generation, which
+this count leaves out, so its rows show none.
 """
 
 from __future__ import annotations
@@ -17,16 +25,25 @@ import argparse
 import json
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
-from common import run_worker, save_preset_model, train_alignkit
+from common import loader_order, run_worker, save_preset_model, train_alignkit
 
-RUNGS = {
-    "plain": {"trainer": {"chunked_logprobs": False}},
-    "chunked": {},
-    "+checkpointing": {"hardware": {"activation_checkpointing": True}},
+# Each rung's settings, cumulative: a rung keeps every saving of the rungs above it.
+RUNGS: dict[str, dict[str, Any]] = {
+    "plain": {"trainer": {"chunked_logprobs": False, "padding_free": False}},
+    "chunked": {"trainer": {"padding_free": False}},
+    "+padding-free": {"trainer": {"padding_free": True}},
+    "+shared prompts": {"trainer": {"padding_free": True, "shared_prompts": True}},
+    "+checkpointing": {
+        "trainer": {"padding_free": True, "shared_prompts": True},
+        "hardware": {"activation_checkpointing": True},
+    },
 }
+TRL_RUNGS = {"sft": ["TRL", "TRL padding_free"], "dpo": ["TRL"], "grpo": []}
+LR = 1e-4
 UNITS = {"sft": "sequences", "dpo": "pairs", "grpo": "prompts"}
 
 
@@ -54,7 +71,7 @@ def config(args: argparse.Namespace, algorithm: str, rung: str, root: str) -> di
             "prompts_per_step": args.batch,
             "micro_batch_size": args.batch,
             "log_every_n_steps": 1,
-            "optimizer": {"name": "adamw", "lr": 1e-4, "weight_decay": 0.0},
+            "optimizer": {"name": "adamw", "lr": LR, "weight_decay": 0.0},
             "scheduler": {"name": "constant"},
             **extra.get("trainer", {}),
         },
@@ -65,15 +82,76 @@ def config(args: argparse.Namespace, algorithm: str, rung: str, root: str) -> di
 
 
 def worker(args: argparse.Namespace) -> dict[str, Any]:
+    if args.rung.startswith("TRL"):
+        return worker_trl(args)
     events, wall = train_alignkit(lambda root: config(args, args.algorithm, args.rung, root))
     losses = events.Scalars("train/loss")
     seconds = losses[-1].wall_time - losses[0].wall_time
+    samples = sum(e.value for e in events.Scalars("perf/samples_per_s"))
     return {
         "first_loss": losses[0].value,
         "per_s": args.batch * (len(losses) - 1) / seconds,
         "peak_mb": max(e.value for e in events.Scalars("perf/peak_mem_mb")),
+        # real tokens per unit (pair, sequence), from the same batches
+        "tokens_per_unit": sum(e.value for e in events.Scalars("perf/tokens_per_s")) / samples,
         "wall_s": wall,
     }
+
+
+def tokenized_rows(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """The rows alignkit trains on, tokenized by alignkit, in the order its loader visits them."""
+    from alignkit.config.load import config_from_dict
+    from alignkit.data import build_datasets
+    from alignkit.models import load_tokenizer
+
+    cfg = config_from_dict(config(args, args.algorithm, "chunked", "unused"))
+    kind = {"sft": "completion", "dpo": "preference"}[args.algorithm]
+    train, _ = build_datasets(cfg.data, kind, load_tokenizer(cfg.policy), seed=cfg.trainer.seed)
+    return [train[i] for i in loader_order(len(train), cfg.trainer.seed)]
+
+
+def worker_trl(args: argparse.Namespace) -> dict[str, Any]:
+    start = time.perf_counter()
+    rows = tokenized_rows(args)
+    if args.algorithm == "sft":
+        from trl_sft import run_trl_sft
+
+        out = run_trl_sft(
+            args.model_dir, rows, steps=args.steps, batch_size=args.batch, lr=LR, padding_free="padding" in args.rung
+        )
+    else:
+        from trl_dpo import run_trl_dpo
+
+        pairs = []
+        for row in rows:
+            cut = row["chosen_completion_mask"].index(1)
+            assert row["rejected_input_ids"][:cut] == row["chosen_input_ids"][:cut], "pairs must share the prompt"
+            pairs.append(
+                {
+                    "prompt_input_ids": row["chosen_input_ids"][:cut],
+                    "chosen_input_ids": row["chosen_input_ids"][cut:],
+                    "rejected_input_ids": row["rejected_input_ids"][cut:],
+                }
+            )
+        trl = run_trl_dpo(args.model_dir, pairs, steps=args.steps, batch_size=args.batch, beta=0.1, lr=LR)
+        out = {"first_loss": trl["first_loss"], "per_s": trl["samples_per_s"], "peak_mb": trl["peak_rss_mb"]}
+    return {**out, "wall_s": time.perf_counter() - start}
+
+
+def matmul_flops(seconds: float = 2.0) -> float:
+    """This machine's float32 matmul throughput (FLOP/s): 2048 x 2048 products, for about `seconds`."""
+    import torch
+
+    cuda = torch.cuda.is_available()
+    a = torch.randn(2048, 2048, device="cuda" if cuda else "cpu")
+    a @ a
+    n, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        a @ a
+        n += 1
+        if cuda:
+            torch.cuda.synchronize()
+    return n * 2 * 2048**3 / (time.perf_counter() - start)
 
 
 def main() -> None:
@@ -92,23 +170,33 @@ def main() -> None:
     if args.worker:
         print(json.dumps(worker(args)))
         return
+    peak = matmul_flops()
     with tempfile.TemporaryDirectory() as tmp:
         args.model_dir, _, model = save_preset_model(args.preset, Path(tmp) / "model")
-        params, vocab = sum(t.numel() for t in model.parameters()) / 1e6, model.config.vocab_size
+        params, vocab = sum(t.numel() for t in model.parameters()), model.config.vocab_size
+        tied = model.get_input_embeddings().weight is model.get_output_embeddings().weight
+        multiplying = params - (0 if tied else model.get_input_embeddings().weight.numel())
         del model
         print(
-            f"model {args.preset} ({params:.1f}M parameters, vocabulary {vocab:,}), {args.steps} steps x "
-            f"{args.batch}, max_length {args.seq}, hardware {args.hardware}"
+            f"model {args.preset} ({params / 1e6:.1f}M parameters, vocabulary {vocab:,}), {args.steps} steps x "
+            f"{args.batch}, max_length {args.seq}, hardware {args.hardware}; float32 matmul {peak / 1e9:.0f} GFLOP/s"
         )
         for algorithm in args.algorithms.split(","):
-            for rung in RUNGS:
+            tokens = None
+            for rung in [*RUNGS, *TRL_RUNGS[algorithm]]:
                 cmd = [sys.executable, __file__, "--worker", "--algorithm", algorithm, "--rung", rung]
                 cmd += ["--model-dir", args.model_dir, "--steps", str(args.steps), "--batch", str(args.batch)]
                 cmd += ["--seq", str(args.seq), "--hardware", args.hardware]
                 out = run_worker(cmd, f"{algorithm} {rung}")
+                tokens = out.get("tokens_per_unit", tokens)
+                flops = ""
+                if algorithm != "grpo" and tokens:
+                    per_token = 6 * multiplying + (2 * multiplying if algorithm == "dpo" else 0)
+                    rate = out["per_s"] * tokens * per_token
+                    flops = f"  model {rate / 1e9:6.1f} GFLOP/s = {rate / peak:5.1%} of matmul"
                 print(
-                    f"  {algorithm:5s} {rung:15s} {out['per_s']:6.2f} {UNITS[algorithm]}/s"
-                    f"  peak {out['peak_mb']:7.0f} MB  first loss {out['first_loss']:.6f}"
+                    f"  {algorithm:5s} {rung:17s} {out['per_s']:6.2f} {UNITS[algorithm]}/s"
+                    f"  peak {out['peak_mb']:7.0f} MB  first loss {out['first_loss']:.6f}{flops}"
                     f"  (wall {out['wall_s']:.0f} s)",
                     flush=True,
                 )

@@ -176,7 +176,7 @@ def test_unknown_presets_name_their_path_and_suggest(write_yaml: WriteYaml) -> N
     found = load_problems(path)
     assert found["policy.preset"] == (
         "unknown preset 'tiny-lama' (in registry/models/); allowed: llama-1b-like, qwen2-90m-vocab, qwen25-05b-like, "
-        "small-llama, tiny-gpt2, tiny-llama, tiny-qwen2; did you mean 'tiny-llama'?"
+        "small-llama, tiny-gpt2, tiny-llama, tiny-qwen2-bpe, tiny-qwen2; did you mean 'tiny-llama'?"
     )
     assert re.fullmatch(r"unknown preset 'reverse-word' .*; did you mean 'reverse-words'\?", found["data.preset"])
 
