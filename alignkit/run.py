@@ -280,12 +280,13 @@ def _fit(
             f"trainer.prompts_per_step ({t.prompts_per_step}) must be a multiple of micro_batch_size x world size "
             f"({t.micro_batch_size} x {world})"
         )
-    online = not module.automatic_optimization
-    # An online iteration takes a rank's whole share of prompts and steps the optimizer itself (several
-    # times: `updates`), so Lightning neither accumulates nor clips; step counts convert to optimizer steps.
-    accumulate = 1 if online else t.prompts_per_step // (t.micro_batch_size * world)
+    steps_itself = not module.automatic_optimization
+    # An online iteration (or a step split to a token budget) takes a rank's whole share of prompts and steps the
+    # optimizer itself (an online one several times: `updates`), so Lightning neither accumulates nor clips;
+    # step counts convert to optimizer steps.
+    accumulate = 1 if steps_itself else t.prompts_per_step // (t.micro_batch_size * world)
     updates = cfg.algorithm.updates_per_step()
-    batch_size = t.prompts_per_step // world if online else t.micro_batch_size
+    batch_size = t.prompts_per_step // world if steps_itself else t.micro_batch_size
     data = AlignData(train_set, eval_set, Collator(algorithm.card.records, tokenizer.pad_token_id), batch_size, t.seed)
     logger = TensorBoardLogger(
         save_dir=str(run_dir.parent.parent), name=run_dir.parent.name, version=run_dir.name, default_hp_metric=False
@@ -307,7 +308,7 @@ def _fit(
         max_steps=t.max_steps * updates if t.max_steps else -1,
         max_epochs=t.max_epochs or (-1 if t.max_steps else 1),
         accumulate_grad_batches=accumulate,
-        gradient_clip_val=None if online else t.gradient_clip_val,
+        gradient_clip_val=None if steps_itself else t.gradient_clip_val,
         logger=logger,
         callbacks=[
             checkpoints,

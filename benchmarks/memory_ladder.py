@@ -159,6 +159,9 @@ def main() -> None:
     p.add_argument("--preset", default="qwen2-90m-vocab", help="model preset (registry/models)")
     p.add_argument("--hardware", default="cpu", help="hardware preset (registry/hardware)")
     p.add_argument("--algorithms", default="sft,dpo,grpo", help="comma-separated: sft, dpo, grpo")
+    p.add_argument(
+        "--rungs", default=None, help="comma-separated subset of the rungs to run (default: all), e.g. 'chunked,TRL'"
+    )
     p.add_argument("--steps", type=int, default=4)
     p.add_argument("--batch", type=int, default=8, help="sequences, pairs or prompts per step (= micro batch)")
     p.add_argument("--seq", type=int, default=160, help="max_length of prompt + completion")
@@ -183,7 +186,8 @@ def main() -> None:
         )
         for algorithm in args.algorithms.split(","):
             tokens = None
-            for rung in [*RUNGS, *TRL_RUNGS[algorithm]]:
+            rungs = [*RUNGS, *TRL_RUNGS[algorithm]]
+            for rung in [r for r in rungs if args.rungs is None or r in args.rungs.split(",")]:
                 cmd = [sys.executable, __file__, "--worker", "--algorithm", algorithm, "--rung", rung]
                 cmd += ["--model-dir", args.model_dir, "--steps", str(args.steps), "--batch", str(args.batch)]
                 cmd += ["--seq", str(args.seq), "--hardware", args.hardware]

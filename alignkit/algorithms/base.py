@@ -10,6 +10,31 @@ from torch import Tensor, nn
 from transformers import get_scheduler
 
 from alignkit.algorithms.configs.base import AlgorithmCard
+from alignkit.ops.budget import equalise, token_budget_chunks
+from alignkit.ops.lm_head import layout_options
+
+
+def row_lengths(batch: dict[str, Tensor]) -> Tensor:
+    """[B] real tokens of each row of a batch, over all its sequences (a pair's chosen and rejected)."""
+    return sum(v.sum(-1) for k, v in batch.items() if k.endswith("attention_mask"))  # type: ignore[return-value]
+
+
+def take_rows(batch: dict[str, Tensor], rows: Tensor) -> dict[str, Tensor]:
+    """The batch's `rows`, its token columns cut to the longest of them (right padding beyond is dropped)."""
+    masks = [v[rows] for k, v in batch.items() if k.endswith("attention_mask")]
+    width = masks[0].shape[1]
+    used = torch.stack([m.any(0) for m in masks]).any(0)
+    last = int(used.nonzero().max()) + 1 if used.any() else width
+    out = {}
+    for key, value in batch.items():
+        if isinstance(value, Tensor):
+            value = value[rows]
+            if value.ndim == 2 and value.shape[1] == width and key != "index":
+                value = value[:, :last]
+        else:
+            value = [value[i] for i in rows.tolist()]
+        out[key] = value
+    return out
 
 
 def mark_forward_options(model: nn.Module, trainer: Any) -> None:
@@ -47,6 +72,12 @@ class AlignModule(L.LightningModule):
         self._configured = False
         self.last_eval_step = -1
         self.step_metrics: dict[str, Tensor | float] | None = None
+        self.token_budget = cfg.trainer.max_tokens_per_micro_batch
+        if self.token_budget:
+            # a step's micro-batches are formed here, so the optimizer steps here (run.py then neither
+            # accumulates nor clips)
+            self.automatic_optimization = False
+        self._chunk_metrics: list[tuple[dict[str, Tensor | float], Tensor]] | None = None
 
     def on_validation_epoch_end(self) -> None:
         self.last_eval_step = self.global_step
@@ -132,16 +163,64 @@ class AlignModule(L.LightningModule):
         """One batch's loss, logged under `<split>/`; offline algorithms implement only this."""
         raise NotImplementedError(f"{type(self).__name__} implements step() or training_step()")
 
-    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
-        return self.step(batch, "train")
+    def share(self, batch: dict[str, Tensor]) -> Tensor:
+        """What a micro-batch's loss is an average over (its rows; SFT's token mean: its trained tokens), so that
+        micro-batches of a step weighted by their shares give the loss of the whole step at once."""
+        return torch.tensor(float(len(next(v for v in batch.values() if isinstance(v, Tensor)))))
+
+    def budget_chunks(self, lengths: Tensor, *, keep_order: bool = False) -> list[Tensor]:
+        """Row indices of micro-batches filled to `trainer.max_tokens_per_micro_batch` (alignkit/ops/budget.py),
+        as many on every process."""
+        pack = layout_options(self.policy)[0] if hasattr(self, "policy") else False
+        chunks = token_budget_chunks(lengths, self.token_budget, packed=pack, keep_order=keep_order)
+        if self.trainer.world_size > 1:
+            count = self.all_gather(torch.tensor(len(chunks), device=self.device)).max()
+            chunks = equalise(chunks, int(count))
+        return chunks
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor | None:
+        if not self.token_budget:
+            return self.step(batch, "train")
+        # A step's rows in micro-batches filled to the token budget, each loss weighted by its share of the step.
+        # DDP and FSDP average the processes' gradients, as they average their micro-batch losses without it.
+        opt, sched = self.optimizers(), self.lr_schedulers()
+        parts = [take_rows(batch, rows) for rows in self.budget_chunks(row_lengths(batch))]
+        shares = torch.stack([self.share(part) for part in parts])
+        weights = (shares / shares.sum().clamp(min=1.0)).tolist()
+        opt.zero_grad()
+        self._chunk_metrics = []
+        try:
+            for part, weight in zip(parts, weights, strict=True):
+                self.manual_backward(self.step(part, "train") * weight)
+        finally:
+            collected, self._chunk_metrics = self._chunk_metrics, None
+        if self.cfg.trainer.gradient_clip_val:
+            self.clip_gradients(opt, gradient_clip_val=self.cfg.trainer.gradient_clip_val)
+        opt.step()
+        sched.step()
+        # the step's metrics: each micro-batch's weighted by its share (the loss is then the step's loss)
+        metrics = {
+            k: sum(float(m[k]) * w for (m, _), w in zip(collected, weights, strict=True))
+            for k in collected[0][0]
+            if all(k in m for m, _ in collected)
+        }
+        self.log_split("train", metrics, batch_size=sum(int(n) for _, n in collected))
+        return None
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        self.step(batch, "eval")
+        if not self.token_budget:
+            self.step(batch, "eval")
+            return
+        for rows in self.budget_chunks(row_lengths(batch)):
+            self.step(take_rows(batch, rows), "eval")
 
     # -- logging -------------------------------------------------------------------------------------
     def log_split(self, split: str, metrics: dict[str, Tensor | float], batch_size: int) -> None:
         """Log `<split>/<name>` tags: per step for train, averaged over the epoch (all ranks) for eval."""
         step = split == "train"
+        if step and self._chunk_metrics is not None:  # a micro-batch of a token-budget step: logged as a whole
+            self._chunk_metrics.append((metrics, torch.tensor(batch_size)))
+            return
         if step:
             self.step_metrics = metrics  # the batch's train metrics, for the progress lines (alignkit.console)
         if step and not self.automatic_optimization:

@@ -67,17 +67,26 @@ class OnlineModule(AlignModule):
         """Rewards [N] of a rollout (post-processed as the reward section says) and the reward's metrics."""
         return self.reward(RewardInputs.from_rollout(self.tokenizer, rollout, batch.get("metadata"), num_samples))
 
-    def micro_batches(self, rows: Tensor) -> list[Tensor]:
-        return list(rows.split(self.cfg.trainer.micro_batch_size))
+    def micro_batches(self, rows: Tensor, rollout: Rollout) -> list[Tensor]:
+        """`rows` of the rollout in micro-batches: of micro_batch_size rows, or filled to the token budget (a
+        prompt's samples kept in order when they share it), as many on every process."""
+        if not self.token_budget:
+            return list(rows.split(self.cfg.trainer.micro_batch_size))
+        lengths = rollout.attention_mask[rows].sum(-1)
+        chunks = self.budget_chunks(lengths, keep_order=self.cfg.trainer.shared_prompts)
+        return [rows[c.to(rows.device)] for c in chunks]
 
     @torch.no_grad()
     def logps_of(self, model: Any, rollout: Rollout) -> Tensor:
         """Per-token log-probs [N, T] of the rollout under `model`, micro-batch by micro-batch, no graph."""
-        parts = [
-            score(model, rollout.index(rows), temperature=self.algo.temperature)[0]
-            for rows in self.micro_batches(torch.arange(len(rollout.sequences), device=rollout.sequences.device))
-        ]
-        return torch.cat(parts)
+        return self.by_micro_batch(rollout, lambda sub: score(model, sub, temperature=self.algo.temperature)[0])
+
+    def by_micro_batch(self, rollout: Rollout, fn: Any) -> Tensor:
+        """`fn(sub-rollout)` -> [n, T] over the rollout's rows, micro-batch by micro-batch, in row order."""
+        rows = torch.arange(len(rollout.sequences), device=rollout.sequences.device)
+        chunks = self.micro_batches(rows, rollout)
+        out = torch.cat([fn(rollout.index(r)) for r in chunks])
+        return out[torch.argsort(torch.cat(chunks))]  # a token budget takes rows longest first
 
     def experience(self, batch: dict[str, Any], num_samples: int | None = None) -> dict[str, Any]:
         """Everything the update needs, computed without gradients: samples, rewards, reference log-probs."""
@@ -143,7 +152,7 @@ class OnlineModule(AlignModule):
                 if world > 1:
                     counts = self.all_gather(counts).sum(0)
                 opt.zero_grad()
-                for rows in self.micro_batches(minibatch):
+                for rows in self.micro_batches(minibatch, exp["rollout"]):
                     loss, metrics = loss_fn(exp, rows, {"tokens": counts[0], "sequences": counts[1], "epoch": epoch})
                     # DDP and FSDP average gradients over ranks; the shares already sum to the whole
                     self.manual_backward(loss * world)

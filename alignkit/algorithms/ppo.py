@@ -84,8 +84,7 @@ class PPO(OnlineModule):
         rollout = exp["rollout"]
         mask = rollout.response_mask
         with torch.no_grad():
-            rows = torch.arange(len(rollout.sequences), device=mask.device)
-            exp["old_values"] = torch.cat([self.values_of(rollout.index(r)) for r in self.micro_batches(rows)])
+            exp["old_values"] = self.by_micro_batch(rollout, self.values_of)
         kl = kl_penalty(exp["old_logps"], exp["ref_logps"], self.algo.kl_estimator) * mask
         rewards = token_rewards(exp["scores"], kl, mask, self.kl_ctl.value)
         adv, returns = gae(rewards, exp["old_values"], mask, self.algo.gamma, self.algo.lam)

@@ -52,7 +52,7 @@ def precompute_reference_logps(module: Any, prefixes: tuple[str, ...]) -> dict[s
             len(dataset), rank=trainer.global_rank, world=trainer.world_size, seed=0, shuffle=False
         )
         loader = torch.utils.data.DataLoader(
-            dataset, batch_size=data.micro_batch_size, sampler=sampler, collate_fn=data.collator
+            dataset, batch_size=module.cfg.trainer.micro_batch_size, sampler=sampler, collate_fn=data.collator
         )
         indices, values = [], []
         for batch in loader:

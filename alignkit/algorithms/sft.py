@@ -46,6 +46,12 @@ class SFT(AlignModule):
 
     card = SFT_CARD
 
+    def share(self, batch: dict[str, Tensor]) -> Tensor:
+        # token_mean averages over the trained tokens of the step, sequence_mean over its rows
+        if self.algo.loss_aggregation == "token_mean":
+            return batch["completion_mask"].sum().float()
+        return super().share(batch)
+
     def step(self, batch: dict[str, Tensor], split: str) -> Tensor:
         mask = batch["completion_mask"]
         logps = completion_logprobs(self.policy, batch["input_ids"], batch["attention_mask"], mask)

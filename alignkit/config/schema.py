@@ -69,6 +69,14 @@ class TrainerSpec(Spec):
         gt=0,
         description="Per-device batch of one forward pass; accumulation = prompts_per_step / (micro * devices).",
     )
+    max_tokens_per_micro_batch: int | None = Field(
+        None,
+        gt=0,
+        description="Fill each forward to this many tokens instead of micro_batch_size rows: a step's rows, longest "
+        "first, in micro-batches costing at most this (rows x longest, or the sum of lengths with padding_free), "
+        "each weighted by its share of the step, so the loss is that of the whole step at once "
+        "(alignkit/ops/budget.py). Offline algorithms, and the scoring and updates of online ones.",
+    )
     optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec, description="Optimizer.")
     scheduler: SchedulerSpec = Field(default_factory=SchedulerSpec, description="Learning-rate schedule.")
     gradient_clip_val: float | None = Field(1.0, gt=0, description="Clip the global gradient norm to this; null = off.")
@@ -251,6 +259,9 @@ class ExperimentBase(Spec):
                     f"{section}.attn_implementation: '{kernel}' takes no 4-D attention mask, which "
                     "trainer.shared_prompts needs; use 'sdpa' or 'eager', or set trainer.shared_prompts: false"
                 )
+        card = ALGORITHMS.get(self.algorithm.name) if self.algorithm.name in ALGORITHMS else None  # type: ignore[attr-defined]
+        if t.max_tokens_per_micro_batch and card is not None and card.no_token_budget:
+            found.append(f"trainer.max_tokens_per_micro_batch: not for algorithm '{card.name}': {card.no_token_budget}")
         if found:
             raise ValueError("\n".join(found))
         return self

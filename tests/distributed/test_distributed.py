@@ -115,8 +115,19 @@ def test_reward_model_trains_under_ddp(tmp_path: Path) -> None:
         ("dpo", []),
         ("kto", ["algorithm.precompute_ref_logps=true"]),
         ("dpo", ["algorithm.precompute_ref_logps=true", "hardware.preset=fsdp-cpu-2"]),
+        # micro-batches to a token budget (as many on each rank: FSDP gathers in every forward), packed rows
+        # with shared prompts
+        (
+            "dpo",
+            [
+                "hardware.preset=fsdp-cpu-2",
+                "trainer.max_tokens_per_micro_batch=150",
+                "trainer.padding_free=true",
+                "trainer.shared_prompts=true",
+            ],
+        ),
     ],
-    ids=["dpo", "kto-precomputed", "dpo-fsdp-precomputed"],
+    ids=["dpo", "kto-precomputed", "dpo-fsdp-precomputed", "dpo-fsdp-token-budget-shared"],
 )
 def test_offline_preference_trains_on_two_processes(tmp_path: Path, algorithm: str, extra: list[str]) -> None:
     """DDP (and FSDP): the reference copy, the precompute gathered across ranks, KTO's z0 over both ranks."""

@@ -130,3 +130,40 @@ def test_packed_rows_and_shared_prompts_train_to_the_same_losses(
     assert seen[0] == {"padded"}
     assert seen[1] == LAID_OUT[algorithm]
     assert losses[0] == pytest.approx(losses[1], abs=1e-5)
+
+
+# budgets that split these runs' steps unevenly (a DPO row holds a pair: about 100-130 tokens)
+BUDGETS = {"sft": 100, "dpo": 250, "grpo": 100}
+
+
+@pytest.mark.parametrize("algorithm", BUDGETS)
+def test_a_token_budget_gives_the_whole_steps_loss(
+    algorithm: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`trainer.max_tokens_per_micro_batch` splits each step into micro-batches of unequal row counts, each loss
+    weighted by its share: three steps' losses equal those of one micro-batch per step (SFT's token mean over
+    the whole step included)."""
+    from alignkit.algorithms.base import AlignModule
+
+    sizes: list[int] = []
+    original = AlignModule.budget_chunks
+
+    def recording(self: AlignModule, *args: object, **kwargs: object) -> list[torch.Tensor]:
+        chunks = original(self, *args, **kwargs)
+        sizes.extend(len(c) for c in chunks)
+        return chunks
+
+    monkeypatch.setattr(AlignModule, "budget_chunks", recording)
+    losses = []
+    for budget in (None, BUDGETS[algorithm]):
+        trainer = {"micro_batch_size": 4, "max_tokens_per_micro_batch": budget}
+        cfg = tiny_config(algorithm, tmp_path / str(budget), eval_fraction=0.0, trainer=trainer)
+        losses.append(read_run_record(run(cfg).run_dir)["metrics"]["train/loss"])
+    assert len(set(sizes)) > 1 and max(sizes) < 4  # micro-batches of unequal sizes, each smaller than the step
+    assert losses[0] == pytest.approx(losses[1], abs=1e-5)
+
+
+def test_kto_refuses_a_token_budget() -> None:
+    with pytest.raises(ConfigError) as err:
+        tiny_config("kto", Path("unused"), eval_fraction=0.0, trainer={"max_tokens_per_micro_batch": 100})
+    assert "z0 is a mean over each micro-batch" in str(err.value)

@@ -52,6 +52,8 @@ class AlgorithmCard:
     also_loads: tuple[str, ...] = ()  # other kinds it converts into `records` (KTO splits pairs)
     # train metrics (tags without `train/`) on each progress line of `alignkit run`, and eval ones where logged
     progress: tuple[str, ...] = ("loss",)
+    # why trainer.max_tokens_per_micro_batch cannot be used (None: it can)
+    no_token_budget: str | None = None
 
     def load(self) -> Any:
         """The algorithm's class (an AlignModule subclass, or a study with `launch`)."""

@@ -26,10 +26,11 @@ KTO_CARD = AlgorithmCard(
     name="kto",
     Config=KTOConfig,
     module="alignkit.algorithms.kto:KTO",
-    description="KTO: the policy's log-ratio on each example against z0, a batch estimate of KL from mismatched "
-    "pairs.",
+    description="KTO: the policy's log-ratio on each example against z0, a batch estimate of KL from mismatched pairs.",
     models=("policy", "reference"),
     records="unpaired",
     also_loads=("preference",),
     progress=("loss", "rewards/margins", "kl/z0"),
+    no_token_budget="KTO's KL estimate z0 is a mean over each micro-batch, so micro-batches of other sizes would "
+    "change its loss; set trainer.micro_batch_size instead",
 )
