@@ -32,8 +32,15 @@ def timed(name: str, budgets: list[str] | None, with_logs: bool) -> float:
         start = time.perf_counter()
         log_dir = Path(tmp) if with_logs else None
         fits = run_study(
-            cfg.env, cfg.seeds, methods=cfg.methods, n=cfg.n, m_ratio=cfg.m_ratio, budgets=cfg.budgets, beta=cfg.beta,
-            log_every=cfg.log_every, log_dir=log_dir,
+            cfg.env,
+            cfg.seeds,
+            methods=cfg.methods,
+            n=cfg.n,
+            m_ratio=cfg.m_ratio,
+            budgets=cfg.budgets,
+            beta=cfg.beta,
+            log_every=cfg.log_every,
+            log_dir=log_dir,
         )
         rows = [fit.row() for fit in fits]
         seconds = time.perf_counter() - start
