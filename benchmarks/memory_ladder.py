@@ -47,13 +47,26 @@ LR = 1e-4
 UNITS = {"sft": "sequences", "dpo": "pairs", "grpo": "prompts"}
 
 
+def long_prompt_pairs(args: argparse.Namespace, path: Path) -> str:
+    """The DPO rows with `--prompt-words` words of context before each prompt (different for every row), as real
+    preference data has (a conversation, a document, instructions): a JSON-lines file alignkit and TRL both read."""
+    import random
+
+    from alignkit.data.generators import WORDS, sentiment_pairs
+
+    rng = random.Random(0)
+    with path.open("w") as f:
+        for row in sentiment_pairs(n=args.batch * args.steps, min_words=10, max_words=20):
+            context = " ".join(rng.choices(WORDS, k=args.prompt_words))
+            f.write(json.dumps({**row, "prompt": f"Context: {context}\n{row['prompt']}"}) + "\n")
+    return str(path)
+
+
 def config(args: argparse.Namespace, algorithm: str, rung: str, root: str) -> dict[str, Any]:
+    pairs = {"generator": "sentiment_pairs", "args": {"n": args.batch * args.steps, "min_words": 10, "max_words": 20}}
     data = {
         "sft": {"generator": "reviews", "args": {"n": args.batch * args.steps, "seed": 0}},
-        "dpo": {
-            "generator": "sentiment_pairs",
-            "args": {"n": args.batch * args.steps, "min_words": 10, "max_words": 20},
-        },
+        "dpo": {"path": args.pairs_file} if args.pairs_file else pairs,
         "grpo": {"generator": "review_prompts", "args": {"n": args.batch * args.steps, "seed": 0}},
     }[algorithm]
     algo: dict[str, Any] = {"name": algorithm}
@@ -165,6 +178,13 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=4)
     p.add_argument("--batch", type=int, default=8, help="sequences, pairs or prompts per step (= micro batch)")
     p.add_argument("--seq", type=int, default=160, help="max_length of prompt + completion")
+    p.add_argument(
+        "--prompt-words",
+        type=int,
+        default=0,
+        help="DPO: this many words of context before each prompt (long shared prompts; raise --seq to fit them)",
+    )
+    p.add_argument("--pairs-file", help=argparse.SUPPRESS)
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--algorithm", help=argparse.SUPPRESS)
     p.add_argument("--rung", help=argparse.SUPPRESS)
@@ -176,6 +196,8 @@ def main() -> None:
     peak = matmul_flops()
     with tempfile.TemporaryDirectory() as tmp:
         args.model_dir, _, model = save_preset_model(args.preset, Path(tmp) / "model")
+        if args.prompt_words:
+            args.pairs_file = long_prompt_pairs(args, Path(tmp) / "pairs.jsonl")
         params, vocab = sum(t.numel() for t in model.parameters()), model.config.vocab_size
         tied = model.get_input_embeddings().weight is model.get_output_embeddings().weight
         multiplying = params - (0 if tied else model.get_input_embeddings().weight.numel())
@@ -183,6 +205,7 @@ def main() -> None:
         print(
             f"model {args.preset} ({params / 1e6:.1f}M parameters, vocabulary {vocab:,}), {args.steps} steps x "
             f"{args.batch}, max_length {args.seq}, hardware {args.hardware}; float32 matmul {peak / 1e9:.0f} GFLOP/s"
+            + (f"; DPO prompts with {args.prompt_words} words of context" if args.prompt_words else "")
         )
         for algorithm in args.algorithms.split(","):
             tokens = None
@@ -191,6 +214,7 @@ def main() -> None:
                 cmd = [sys.executable, __file__, "--worker", "--algorithm", algorithm, "--rung", rung]
                 cmd += ["--model-dir", args.model_dir, "--steps", str(args.steps), "--batch", str(args.batch)]
                 cmd += ["--seq", str(args.seq), "--hardware", args.hardware]
+                cmd += ["--pairs-file", args.pairs_file] if args.pairs_file else []
                 out = run_worker(cmd, f"{algorithm} {rung}")
                 tokens = out.get("tokens_per_unit", tokens)
                 flops = ""

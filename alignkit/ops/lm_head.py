@@ -27,8 +27,8 @@ from torch import Tensor, nn
 from alignkit.ops.layout import Layout, lay_out, padded
 from alignkit.ops.logprobs import model_logits, position_ids, token_logprobs
 
-TOKEN_CHUNK = 1024  # positions per chunk of the head's matmul
-VOCAB_CHUNK = 32768  # vocabulary entries per chunk: a [1024 x 32768] float32 block is 128 MB at most
+TOKEN_CHUNK = 256  # positions per chunk of the head's matmul
+VOCAB_CHUNK = 8192  # vocabulary entries per chunk: a [256 x 8192] float32 block is 8 MB
 
 
 def _chunks(n: int, size: int) -> Iterator[slice]:
