@@ -12,11 +12,11 @@ and, for SFT, with its own `padding_free`. Every run is its own process, so its 
 memory on a GPU) is its own; all start from the same saved weights and see the same data, so their first losses
 must agree, and the table shows them. Throughput is from the end of step 1 to the end of the last step.
 
-`model FLOP/s` counts the work every row does alike: 6 N T per trained forward and backward plus 2 N T per
-reference forward, N the parameters that multiply (all but an untied input embedding), T the real tokens of the
-unshared sequences (a pair's prompt twice); `of matmul` divides it by this machine's float32 matmul throughput,
-measured in the same run, so the distance to the hardware's limit shows. GRPO's time is mostly generation, which
-this count leaves out, so its rows show none.
+`useful GFLOP/s` counts the work every row must do alike (`useful_flops`: 2 FLOPs per parameter and token in a
+forward, 6 in a trained forward and backward; the body on every real token of the unshared sequences, the head
+only on the tokens a loss reads); `of matmul` divides it by this machine's float32 matmul throughput, measured in
+the same run, so the distance to the hardware's limit shows. GRPO's time is mostly generation, which this count
+leaves out, so its rows show none.
 """
 
 from __future__ import annotations
@@ -100,13 +100,10 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
     events, wall = train_alignkit(lambda root: config(args, args.algorithm, args.rung, root))
     losses = events.Scalars("train/loss")
     seconds = losses[-1].wall_time - losses[0].wall_time
-    samples = sum(e.value for e in events.Scalars("perf/samples_per_s"))
     return {
         "first_loss": losses[0].value,
         "per_s": args.batch * (len(losses) - 1) / seconds,
         "peak_mb": max(e.value for e in events.Scalars("perf/peak_mem_mb")),
-        # real tokens per unit (pair, sequence), from the same batches
-        "tokens_per_unit": sum(e.value for e in events.Scalars("perf/tokens_per_s")) / samples,
         "wall_s": wall,
     }
 
@@ -151,6 +148,20 @@ def worker_trl(args: argparse.Namespace) -> dict[str, Any]:
     return {**out, "wall_s": time.perf_counter() - start}
 
 
+def useful_flops(args: argparse.Namespace, algorithm: str, body: int, head: int) -> float:
+    """FLOPs of one unit (sequence, pair) that every row has to do: 2 per multiplying parameter and token in a
+    forward, 4 more in a trained one's backward; the body's parameters on every real token of the unshared
+    sequences, the head's only where a loss reads it (the completion tokens). The plain logits path and TRL
+    also run the head on every prompt token: work this count leaves out."""
+    args.algorithm = algorithm
+    rows = tokenized_rows(args)
+    prefixes = ("chosen_", "rejected_") if algorithm == "dpo" else ("",)
+    tokens = sum(len(r[f"{p}input_ids"]) for r in rows for p in prefixes) / len(rows)
+    scored = sum(sum(r[f"{p}completion_mask"]) for r in rows for p in prefixes) / len(rows)
+    forward = 2 * (body * tokens + head * scored)
+    return 3 * forward + (forward if algorithm == "dpo" else 0)  # DPO's reference: one more forward
+
+
 def matmul_flops(seconds: float = 2.0) -> float:
     """This machine's float32 matmul throughput (FLOP/s): 2048 x 2048 products, for about `seconds`."""
     import torch
@@ -193,6 +204,9 @@ def main() -> None:
     if args.worker:
         print(json.dumps(worker(args)))
         return
+    import datasets
+
+    datasets.disable_progress_bars()  # the FLOP count tokenizes the rows here
     peak = matmul_flops()
     with tempfile.TemporaryDirectory() as tmp:
         args.model_dir, _, model = save_preset_model(args.preset, Path(tmp) / "model")
@@ -200,7 +214,8 @@ def main() -> None:
             args.pairs_file = long_prompt_pairs(args, Path(tmp) / "pairs.jsonl")
         params, vocab = sum(t.numel() for t in model.parameters()), model.config.vocab_size
         tied = model.get_input_embeddings().weight is model.get_output_embeddings().weight
-        multiplying = params - (0 if tied else model.get_input_embeddings().weight.numel())
+        head = model.get_output_embeddings().weight.numel()
+        body = params - head - (0 if tied else model.get_input_embeddings().weight.numel())  # no embedding lookup
         del model
         print(
             f"model {args.preset} ({params / 1e6:.1f}M parameters, vocabulary {vocab:,}), {args.steps} steps x "
@@ -208,7 +223,7 @@ def main() -> None:
             + (f"; DPO prompts with {args.prompt_words} words of context" if args.prompt_words else "")
         )
         for algorithm in args.algorithms.split(","):
-            tokens = None
+            flops = useful_flops(args, algorithm, body, head) if algorithm != "grpo" else None
             rungs = [*RUNGS, *TRL_RUNGS[algorithm]]
             for rung in [r for r in rungs if args.rungs is None or r in args.rungs.split(",")]:
                 cmd = [sys.executable, __file__, "--worker", "--algorithm", algorithm, "--rung", rung]
@@ -216,15 +231,13 @@ def main() -> None:
                 cmd += ["--seq", str(args.seq), "--hardware", args.hardware]
                 cmd += ["--pairs-file", args.pairs_file] if args.pairs_file else []
                 out = run_worker(cmd, f"{algorithm} {rung}")
-                tokens = out.get("tokens_per_unit", tokens)
-                flops = ""
-                if algorithm != "grpo" and tokens:
-                    per_token = 6 * multiplying + (2 * multiplying if algorithm == "dpo" else 0)
-                    rate = out["per_s"] * tokens * per_token
-                    flops = f"  model {rate / 1e9:6.1f} GFLOP/s = {rate / peak:5.1%} of matmul"
+                share = ""
+                if flops:
+                    rate = out["per_s"] * flops
+                    share = f"  useful {rate / 1e9:6.1f} GFLOP/s = {rate / peak:5.1%} of matmul"
                 print(
                     f"  {algorithm:5s} {rung:17s} {out['per_s']:6.2f} {UNITS[algorithm]}/s"
-                    f"  peak {out['peak_mb']:7.0f} MB  first loss {out['first_loss']:.6f}{flops}"
+                    f"  peak {out['peak_mb']:7.0f} MB  first loss {out['first_loss']:.6f}{share}"
                     f"  (wall {out['wall_s']:.0f} s)",
                     flush=True,
                 )

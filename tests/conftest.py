@@ -132,3 +132,22 @@ NOISE = (
 def assert_quiet(text: str) -> None:
     found = [noise for noise in NOISE if noise in text]
     assert not found, f"library output on the terminal: {found}\n{text}"
+
+
+def make_bigram(model: Any, successor: dict[int, int]) -> Any:
+    """Set a llama-shaped causal LM's weights so that its greedy next token is successor[current token], whatever
+    came before: attention and MLP outputs are zeroed, so the last hidden state is RMSNorm(embedding of the
+    current token); token k of the table embeds as the basis vector e_k and the head row of its successor is
+    10 e_k, so the successor's logit is 10 x RMSNorm's scale (sqrt(width)) and every other logit 0."""
+    import torch
+
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.self_attn.o_proj.weight.zero_()
+            layer.mlp.down_proj.weight.zero_()
+        model.model.embed_tokens.weight.zero_()
+        model.lm_head.weight.zero_()
+        for k, (token, nxt) in enumerate(successor.items()):
+            model.model.embed_tokens.weight[token, k] = 1.0
+            model.lm_head.weight[nxt, k] = 10.0
+    return model

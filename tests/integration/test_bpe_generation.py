@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+from conftest import make_bigram
 from datasets import Dataset
 from transformers import PreTrainedTokenizerBase
 
@@ -25,16 +26,7 @@ def bigram_model(spec: ModelSpec, tok: PreTrainedTokenizerBase, successor: dict[
     LM head row of its successor is 10 e_k: the successor's logit is 80, every other logit 0.
     """
     model = build_causal_lm(spec, tok)
-    with torch.no_grad():
-        for layer in model.model.layers:
-            layer.self_attn.o_proj.weight.zero_()
-            layer.mlp.down_proj.weight.zero_()
-        model.model.embed_tokens.weight.zero_()
-        model.lm_head.weight.zero_()
-        for k, (token, nxt) in enumerate(successor.items()):
-            model.model.embed_tokens.weight[token, k] = 1.0
-            model.lm_head.weight[nxt, k] = 10.0
-    return model
+    return make_bigram(model, successor)
 
 
 def test_a_chat_rollout_stops_at_im_end_and_matches_the_trained_tokens() -> None:

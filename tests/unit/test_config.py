@@ -254,7 +254,8 @@ def test_acceptance_every_problem_with_path_value_allowed_and_suggestion(
     lines = {line.split(": ", 1)[0].removeprefix("  - "): line for line in err.splitlines()[1:]}
     assert set(lines) == {"trainer.max_step", "trainer.micro_batch_size", "algorithm.name"}
     assert re.fullmatch(
-        r"  - trainer\.max_step: unknown key 'max_step'; allowed: .*max_epochs, max_steps, max_tokens_per_micro_batch, micro_batch_size.*; "
+        r"  - trainer\.max_step: unknown key 'max_step'; allowed: "
+        r".*max_epochs, max_steps, max_tokens_per_micro_batch, micro_batch_size.*; "
         r"did you mean 'max_steps'\?",
         lines["trainer.max_step"],
     )

@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from conftest import make_bigram
 from transformers import GenerationConfig
 
 from alignkit.models import ARCHITECTURES, ModelSpec, build_causal_lm, byte_tokenizer
@@ -41,16 +42,7 @@ def bigram_model(successor: dict[int, int]) -> torch.nn.Module:
     0. Sampling from it is as good as greedy (the runner-up is e^-57 less likely).
     """
     model = tiny("llama")
-    with torch.no_grad():
-        for layer in model.model.layers:
-            layer.self_attn.o_proj.weight.zero_()
-            layer.mlp.down_proj.weight.zero_()
-        model.model.embed_tokens.weight.zero_()
-        model.lm_head.weight.zero_()
-        for k, (token, nxt) in enumerate(successor.items()):
-            model.model.embed_tokens.weight[token, k] = 1.0
-            model.lm_head.weight[nxt, k] = 10.0
-    return model
+    return make_bigram(model, successor)
 
 
 def greedy_by_hand(model: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor, steps: int) -> torch.Tensor:
