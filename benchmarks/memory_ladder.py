@@ -7,10 +7,11 @@ Rungs, each adding to the one before: `plain` (the [tokens x vocabulary] logits,
 false`), `chunked` (the LM head in chunks, completion positions only: alignkit/ops/lm_head.py), `+padding-free`
 (each micro-batch one packed row: `trainer.padding_free`), `+shared prompts` (a pair's or group's prompt run once:
 `trainer.shared_prompts`, alignkit/ops/layout.py), `+checkpointing` (`hardware.activation_checkpointing`); then
-TRL's SFTTrainer and DPOTrainer on the same weights, tokens, order, batch and optimizer (the `bench` extra), padded
-and, for SFT, with its own `padding_free`. Every run is its own process, so its peak memory (RSS on CPU, CUDA
-memory on a GPU) is its own; all start from the same saved weights and see the same data, so their first losses
-must agree, and the table shows them. Throughput is from the end of step 1 to the end of the last step.
+TRL's SFTTrainer, DPOTrainer and GRPOTrainer on the same weights, tokens (prompts), order, batch, reward and
+optimizer (the `bench` extra), padded and, for SFT, with its own `padding_free`. Every run is its own process, so
+its peak memory (RSS on CPU, CUDA memory on a GPU) is its own; all start from the same saved weights and see the
+same data, so their first losses must agree, and the table shows them. Throughput is from the end of step 1 to
+the end of the last step.
 
 `useful GFLOP/s` counts the work every row must do alike (`useful_flops`: 2 FLOPs per parameter and token in a
 forward, 6 in a trained forward and backward; the body on every real token of the unshared sequences, the head
@@ -42,7 +43,8 @@ RUNGS: dict[str, dict[str, Any]] = {
         "hardware": {"activation_checkpointing": True},
     },
 }
-TRL_RUNGS = {"sft": ["TRL", "TRL padding_free"], "dpo": ["TRL"], "grpo": []}
+TRL_RUNGS = {"sft": ["TRL", "TRL padding_free"], "dpo": ["TRL"], "grpo": ["TRL"]}
+GRPO_KL, TARGET_CHARS = 0.04, 64  # alignkit's GRPO default kl_coef (TRL's beta); the length_target reward's target
 LR = 1e-4
 UNITS = {"sft": "sequences", "dpo": "pairs", "grpo": "prompts"}
 
@@ -71,13 +73,18 @@ def config(args: argparse.Namespace, algorithm: str, rung: str, root: str) -> di
     }[algorithm]
     algo: dict[str, Any] = {"name": algorithm}
     if algorithm == "grpo":
-        algo |= {"samples_per_prompt": 4, "max_new_tokens": 32}
+        algo |= {"samples_per_prompt": 4, "max_new_tokens": 32, "kl_coef": GRPO_KL, "update_epochs": 1}
     extra = RUNGS[rung]
     return {
         "name": f"ladder_{algorithm}",
         "algorithm": algo,
         "policy": {"path": args.model_dir},
-        **({"reward": {"source": {"kind": "rule", "name": "review_sentiment"}}} if algorithm == "grpo" else {}),
+        # a rule TRL's GRPOTrainer computes the same way (benchmarks/trl_grpo.py)
+        **(
+            {"reward": {"source": {"kind": "rule", "name": "length_target", "args": {"target": TARGET_CHARS}}}}
+            if algorithm == "grpo"
+            else {}
+        ),
         "data": {"train": data, "max_length": args.seq},
         "trainer": {
             "max_steps": args.steps,
@@ -115,7 +122,7 @@ def tokenized_rows(args: argparse.Namespace) -> list[dict[str, Any]]:
     from alignkit.models import load_tokenizer
 
     cfg = config_from_dict(config(args, args.algorithm, "chunked", "unused"))
-    kind = {"sft": "completion", "dpo": "preference"}[args.algorithm]
+    kind = {"sft": "completion", "dpo": "preference", "grpo": "prompt"}[args.algorithm]
     train, _ = build_datasets(cfg.data, kind, load_tokenizer(cfg.policy), seed=cfg.trainer.seed)
     return [train[i] for i in loader_order(len(train), cfg.trainer.seed)]
 
@@ -123,7 +130,22 @@ def tokenized_rows(args: argparse.Namespace) -> list[dict[str, Any]]:
 def worker_trl(args: argparse.Namespace) -> dict[str, Any]:
     start = time.perf_counter()
     rows = tokenized_rows(args)
-    if args.algorithm == "sft":
+    if args.algorithm == "grpo":
+        from trl_grpo import run_trl_grpo
+
+        trl = run_trl_grpo(
+            args.model_dir,
+            [row["prompt"] for row in rows],
+            steps=args.steps,
+            prompts_per_step=args.batch,
+            group=4,
+            max_new_tokens=32,
+            beta=GRPO_KL,
+            lr=LR,
+            target=TARGET_CHARS,
+        )
+        out = {"first_loss": trl["first_loss"], "per_s": args.batch / trl["s_per_step"], "peak_mb": trl["peak_mem_mb"]}
+    elif args.algorithm == "sft":
         from trl_sft import run_trl_sft
 
         out = run_trl_sft(

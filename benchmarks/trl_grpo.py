@@ -116,6 +116,7 @@ def run_trl_grpo(model_dir: str, prompts: Sequence[str], *, steps: int, **kwargs
       warm-up); model loading is outside that window, TRL's per-step metrics and logging inside.
     - peak_mem_mb: peak CUDA memory allocated on GPU, else the process's peak resident memory since it
       started (getrusage), not since this call: run each framework in its own process.
+    - first_loss: the loss TRL logged at step 1.
     - mean_length: mean completion length in tokens (EOS included) over the timed steps, from TRL's
       `completions/mean_length`; lengths: that value for every step.
     """
@@ -131,7 +132,9 @@ def run_trl_grpo(model_dir: str, prompts: Sequence[str], *, steps: int, **kwargs
         peak_mb = torch.cuda.max_memory_allocated() / 2**20
     else:
         peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
     return {
+        "first_loss": float(losses[0]) if losses else float("nan"),
         "s_per_step": (clock.ends[-1] - clock.ends[0]) / (steps - 1),
         "peak_mem_mb": peak_mb,
         "mean_length": statistics.fmean(lengths[1:]),
