@@ -5,7 +5,6 @@ from __future__ import annotations
 import torch
 from transformers import PreTrainedModel
 
-from alignkit.ops import position_ids
 from alignkit.ops.lm_head import layout_for, model_inputs
 
 
@@ -27,16 +26,10 @@ def token_values(
     `groups` [B] puts together: alignkit/ops/layout.py); the values are the padded batch's.
     """
     layout = layout_for(model, input_ids, attention_mask, groups)
-    if layout.kind == "padded":
-        hidden = model.base_model(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            position_ids=position_ids(attention_mask),
-            use_cache=False,
-        ).last_hidden_state
-        return model.score(hidden).squeeze(-1).float()
     hidden = model.base_model(**model_inputs(model, layout)).last_hidden_state
-    return model.score(layout.gather(hidden)).squeeze(-1).float() * attention_mask
+    if layout.kind != "padded":
+        hidden = layout.gather(hidden)
+    return model.score(hidden).squeeze(-1).float() * attention_mask
 
 
 def sequence_scores(
