@@ -8,14 +8,14 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from test_rollout_fsdp import free_port
+from test_rollout_fsdp import rendezvous
 
 pytestmark = [pytest.mark.distributed, pytest.mark.slow]
 
 WORLD_SIZE = 2
 
 
-def worker(rank: int, port: int, tied: bool) -> None:
+def worker(rank: int, init_method: str, tied: bool) -> None:
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -25,7 +25,7 @@ def worker(rank: int, port: int, tied: bool) -> None:
     from alignkit.ops.logprobs import model_logits, token_logprobs
 
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD_SIZE)
+    dist.init_process_group("gloo", init_method=init_method, rank=rank, world_size=WORLD_SIZE)
     try:
         config = LlamaConfig(
             vocab_size=500,
@@ -71,5 +71,5 @@ def worker(rank: int, port: int, tied: bool) -> None:
 
 
 @pytest.mark.parametrize("tied", [False, True])
-def test_lean_logprobs_under_fsdp_equal_the_unsharded_plain_path(tied: bool) -> None:
-    mp.spawn(worker, args=(free_port(), tied), nprocs=WORLD_SIZE, join=True)
+def test_lean_logprobs_under_fsdp_equal_the_unsharded_plain_path(tied: bool, tmp_path) -> None:
+    mp.spawn(worker, args=(rendezvous(tmp_path), tied), nprocs=WORLD_SIZE, join=True)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import socket
-
 import pytest
 import torch
 import torch.distributed as dist
@@ -19,13 +17,13 @@ PROMPTS = {0: ["a longer prompt on rank zero", "hi"], 1: ["rank one", "x", "medi
 MAX_NEW_TOKENS = {0: 3, 1: 10}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def rendezvous(tmp_path) -> str:
+    """A file store for the process group: a TCP port picked free and released before rank 0 binds it can be
+    taken meanwhile (even by rank 1's own connecting socket), which failed a run now and then."""
+    return f"file://{tmp_path / 'rendezvous'}"
 
 
-def worker(rank: int, port: int) -> None:
+def worker(rank: int, init_method: str) -> None:
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
 
@@ -33,7 +31,7 @@ def worker(rank: int, port: int) -> None:
     from alignkit.rollout import generate, score
 
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD_SIZE)
+    dist.init_process_group("gloo", init_method=init_method, rank=rank, world_size=WORLD_SIZE)
     try:
         tok = byte_tokenizer()
         tok.padding_side = "left"
@@ -61,5 +59,5 @@ def worker(rank: int, port: int) -> None:
         dist.destroy_process_group()
 
 
-def test_synced_greedy_generation_under_fsdp_matches_the_unsharded_model() -> None:
-    mp.spawn(worker, args=(free_port(),), nprocs=WORLD_SIZE, join=True)
+def test_synced_greedy_generation_under_fsdp_matches_the_unsharded_model(tmp_path) -> None:
+    mp.spawn(worker, args=(rendezvous(tmp_path),), nprocs=WORLD_SIZE, join=True)
