@@ -98,6 +98,17 @@ def build_scalar_model(spec: ModelSpec, tokenizer: PreTrainedTokenizerBase) -> P
     return _build(AutoModelForSequenceClassification, spec, tokenizer, num_labels=1)
 
 
+def build_classifier(spec: ModelSpec, tokenizer: PreTrainedTokenizerBase) -> PreTrainedModel:
+    """A sequence-classifier checkpoint as trained: its own head, num_labels, id2label and problem_type.
+
+    Unlike `build_scalar_model` nothing is forced to one output. Only a checkpoint at `spec.path` will do:
+    a class means something only once a head was trained on it.
+    """
+    if spec.path is None:
+        raise ValueError("build_classifier needs `path`, a classifier checkpoint; `architecture` has no trained labels")
+    return _build(AutoModelForSequenceClassification, spec, tokenizer)
+
+
 def save_hf(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,

@@ -94,4 +94,5 @@ class RewardFunction(nn.Module):
 
 def build_reward(spec: RewardSpec, tokenizer: PreTrainedTokenizerBase) -> RewardFunction:
     """The reward function of a `reward:` section; `tokenizer` is the policy's (the ids RewardInputs carry)."""
-    return RewardFunction(build_source(spec.source, tokenizer), spec.normalize, spec.clip, spec.eos_penalty)
+    source = build_source(spec.source, tokenizer, "reward.source")
+    return RewardFunction(source, spec.normalize, spec.clip, spec.eos_penalty)

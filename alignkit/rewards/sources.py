@@ -1,4 +1,4 @@
-"""Reward sources as modules (rule, reward model, weighted sum, Llama 2 selection) and the builder from specs.
+"""Reward sources as modules (rule, reward model, classifier label, weighted sum, Llama 2) and the builder from specs.
 
 Each source maps `RewardInputs` to `(scores [B] float32, metrics)`; metric names are relative (no `reward/`
 prefix), and a source holding others prefixes theirs, so nested sources stay apart in TensorBoard.
@@ -6,7 +6,9 @@ prefix), and a source holding others prefixes theirs, so nested sources stay apa
 
 from __future__ import annotations
 
+import difflib
 import inspect
+import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -14,10 +16,11 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers import AutoConfig, BatchEncoding, PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
+from transformers.tokenization_utils_base import VERY_LARGE_INTEGER
 
 from alignkit.data.tokenization import encode
-from alignkit.models.build import build_scalar_model, load_tokenizer
+from alignkit.models.build import build_classifier, build_scalar_model, load_tokenizer
 from alignkit.models.values import sequence_scores
 from alignkit.rewards.rules import REWARDS, RuleReward
 from alignkit.rewards.spec import (
@@ -30,6 +33,8 @@ from alignkit.rewards.spec import (
 from alignkit.rollout import Rollout, decode_prompts, decode_responses
 
 Metrics = dict[str, Tensor]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -174,6 +179,150 @@ class ModelSource(nn.Module):
         return sequence_scores(self.model, ids, mask, groups.to(ids.device)).float(), {}
 
 
+def _probability(logits: Tensor, independent: bool) -> Tensor:
+    return logits.sigmoid() if independent else logits.softmax(-1)
+
+
+def _log_probability(logits: Tensor, independent: bool) -> Tensor:
+    # log_softmax / logsigmoid rather than log(probability): a confident classifier's probabilities round to 0
+    return torch.nn.functional.logsigmoid(logits) if independent else logits.log_softmax(-1)
+
+
+CLASS_OUTPUTS: dict[str, Callable[[Tensor, bool], Tensor]] = {
+    "logit": lambda logits, independent: logits,
+    "probability": _probability,
+    "log_probability": _log_probability,
+}
+
+
+def class_scores(logits: Tensor, index: int, output: str, independent: bool) -> Tensor:
+    """[B] float32: class `index` of a classifier's logits [B, num_labels], as `output` (logit, probability, ...).
+
+    independent: each label is its own yes/no (sigmoid), not one of exclusive classes (softmax); see
+    `independent_labels`.
+    """
+    return CLASS_OUTPUTS[output](logits.float(), independent)[:, index]
+
+
+def independent_labels(config: PretrainedConfig) -> bool:
+    """Whether a classifier's labels are separate yes/no outputs: transformers' text-classification pipeline
+    applies sigmoid to multi-label classifiers and to one-label heads, softmax to the others."""
+    return config.problem_type == "multi_label_classification" or config.num_labels == 1
+
+
+def label_names(config: PretrainedConfig) -> list[str]:
+    """The classifier's label names by index, from its id2label."""
+    id2label = config.id2label or {}
+    return [str(id2label.get(i, f"LABEL_{i}")) for i in range(config.num_labels)]
+
+
+def label_index(config: PretrainedConfig, label: str | int, where: str, checkpoint: str) -> int:
+    """The index of `label` (a name in the checkpoint's id2label, or an index) in the classifier's logits.
+
+    `where` is the YAML path of the label (`reward.source.label`), named in the errors.
+    """
+    names = label_names(config)
+    listed = ", ".join(f"{name} ({i})" for i, name in enumerate(names))
+    if isinstance(label, int):
+        if 0 <= label < len(names):
+            return label
+        raise ValueError(
+            f"{where}: index out of range for the classifier at {checkpoint}, which has {len(names)} labels "
+            f"(got {label}); allowed: {listed}"
+        )
+    if label in names:
+        return names.index(label)
+    # compared in lower case, so that `positive` finds POSITIVE; named as the checkpoint spells it
+    lower = {name.lower(): name for name in names}
+    close = difflib.get_close_matches(label.lower(), list(lower), n=1, cutoff=0.6)
+    hint = f"; did you mean '{lower[close[0]]}'?" if close else ""
+    unnamed = ""
+    if names == [f"LABEL_{i}" for i in range(len(names))]:
+        unnamed = (
+            "; its config.id2label names no classes (only transformers' defaults LABEL_i), so give the index "
+            "of the class, as the classifier's model card or training data defines it"
+        )
+    raise ValueError(
+        f"{where}: not a label of the classifier at {checkpoint} (got '{label}'); allowed: {listed}, or an "
+        f"index 0-{len(names) - 1}{hint}{unnamed}"
+    )
+
+
+def classifier_max_length(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> int | None:
+    """The most tokens the classifier reads: its tokenizer's model_max_length or its position table, the smaller.
+
+    The tokenizer's limit comes first where both are set: RoBERTa's table has 514 rows for 512 tokens (its
+    positions start after the pad id).
+    """
+    limits = [tokenizer.model_max_length, getattr(model.config, "max_position_embeddings", None)]
+    known = [n for n in limits if n is not None and n < VERY_LARGE_INTEGER]
+    return min(known) if known else None
+
+
+CLASSIFIER_TEXTS: dict[str, Callable[[str, str], str]] = {
+    "prompt_and_completion": lambda prompt, response: prompt + response,
+    "completion": lambda prompt, response: response,
+}
+
+
+class ClassifierSource(nn.Module):
+    """One label of a frozen sequence classifier (e.g. a sentiment model), read from the decoded text.
+
+    The text is tokenized as one string by the classifier's own tokenizer, its special tokens included
+    (e.g. `[CLS] text [SEP]`), as the classifier saw its training texts and as transformers' pipeline feeds it;
+    the policy's ids are never reused, even where the vocabularies agree. Texts longer than the classifier
+    takes are cut from the left, so that the end of the response, what the policy wrote last, is always read.
+    """
+
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        index: int,
+        output: str,
+        text: str,
+    ) -> None:
+        super().__init__()
+        if output not in CLASS_OUTPUTS:
+            raise ValueError(f"output: unknown (got '{output}'); allowed: {', '.join(CLASS_OUTPUTS)}")
+        if text not in CLASSIFIER_TEXTS:
+            raise ValueError(f"text: unknown (got '{text}'); allowed: {', '.join(CLASSIFIER_TEXTS)}")
+        self.model = model.requires_grad_(False).eval()
+        self.tokenizer, self.index, self.output, self.text = tokenizer, index, output, text
+        self.tokenizer.truncation_side = "left"  # the source's own tokenizer: the builder loads one for it
+        self.max_length = classifier_max_length(model, tokenizer)
+        self.independent = independent_labels(model.config)
+        self.warned = False
+
+    def texts(self, inputs: RewardInputs) -> list[str]:
+        join = CLASSIFIER_TEXTS[self.text]
+        return [join(p, r) for p, r in zip(inputs.prompts, inputs.responses, strict=True)]
+
+    def tokenize(self, texts: list[str]) -> BatchEncoding:
+        """The texts in the classifier's tokenizer, right-padded; those too long are cut from the left."""
+        tok, limit = self.tokenizer, self.max_length
+        encoded = tok(texts, verbose=False)
+        too_long = sum(len(ids) > limit for ids in encoded["input_ids"]) if limit else 0
+        if too_long:
+            if not self.warned:
+                log.warning(
+                    "classifier reward: %d of %d texts are longer than the %d tokens the classifier reads; their "
+                    "start is cut so that the response's end is read (warned once per reward source)",
+                    too_long,
+                    len(texts),
+                    limit,
+                )
+                self.warned = True
+            encoded = tok(texts, truncation=True, max_length=limit)
+        return tok.pad(encoded, padding_side="right", return_tensors="pt")
+
+    @torch.no_grad()
+    def forward(self, inputs: RewardInputs) -> tuple[Tensor, Metrics]:
+        batch = self.tokenize(self.texts(inputs)).to(inputs.device)
+        logits = self.model(**batch).logits
+        return class_scores(logits, self.index, self.output, self.independent), {}
+
+
 class WeightedSumSource(nn.Module):
     """sum_i w_i x score_i; metrics `<i>_<kind>` hold each term's own (unweighted) mean."""
 
@@ -248,26 +397,51 @@ class Llama2Source(nn.Module):
 
 
 # -- building from specs -----------------------------------------------------------------------------------
-def _rule(spec: RuleSourceSpec, tokenizer: PreTrainedTokenizerBase) -> nn.Module:
+# Each builder gets the YAML path of its spec (`reward.source`, `reward.source.terms[0].source`, ...), which the
+# errors found only once a checkpoint is read (a label it lacks) name, as the schema's errors do.
+def _rule(spec: RuleSourceSpec, tokenizer: PreTrainedTokenizerBase, where: str) -> nn.Module:
     return RuleSource(REWARDS.get(spec.name), spec.args, spec.name)
 
 
-def _model(spec: ModelSourceSpec, tokenizer: PreTrainedTokenizerBase) -> nn.Module:
+def _model(spec: ModelSourceSpec, tokenizer: PreTrainedTokenizerBase, where: str) -> nn.Module:
     own = load_tokenizer(spec.model)
-    return ModelSource(build_scalar_model(spec.model, own), own, reuse_ids=same_tokenizer(own, tokenizer))
+    if spec.label is None:
+        return ModelSource(build_scalar_model(spec.model, own), own, reuse_ids=same_tokenizer(own, tokenizer))
+    # the checkpoint's config is checked before its weights load: a wrong label fails in a second
+    config = AutoConfig.from_pretrained(spec.model.path)
+    classifier_problems(config, spec, where)
+    index = label_index(config, spec.label, f"{where}.label", spec.model.path)
+    return ClassifierSource(build_classifier(spec.model, own), own, index, spec.output, spec.text)
 
 
-def _weighted_sum(spec: WeightedSumSourceSpec, tokenizer: PreTrainedTokenizerBase) -> nn.Module:
-    sources = [build_source(t.source, tokenizer) for t in spec.terms]
+def classifier_problems(config: PretrainedConfig, spec: ModelSourceSpec, where: str) -> None:
+    """Raise when the checkpoint is no classifier whose classes `spec.output` can read."""
+    architectures = config.architectures or []
+    if architectures and not any(a.endswith("ForSequenceClassification") for a in architectures):
+        raise ValueError(
+            f"{where}.model.path: `label` reads a trained classification head, but the checkpoint at "
+            f"{spec.model.path} is a {', '.join(architectures)} (from_pretrained would add a random head); point "
+            "it at a sequence classifier (config.architectures ending in ForSequenceClassification)"
+        )
+    if config.problem_type == "regression" and spec.output != "logit":
+        raise ValueError(
+            f"{where}.output: the classifier at {spec.model.path} is a regression head (config problem_type "
+            f"regression), whose outputs are no class scores (got '{spec.output}'); allowed: logit"
+        )
+
+
+def _weighted_sum(spec: WeightedSumSourceSpec, tokenizer: PreTrainedTokenizerBase, where: str) -> nn.Module:
+    sources = [build_source(t.source, tokenizer, f"{where}.terms[{i}].source") for i, t in enumerate(spec.terms)]
     return WeightedSumSource([t.weight for t in spec.terms], sources, [t.source.kind for t in spec.terms])
 
 
-def _llama2(spec: Llama2SourceSpec, tokenizer: PreTrainedTokenizerBase) -> nn.Module:
-    safety, helpfulness = build_source(spec.safety, tokenizer), build_source(spec.helpfulness, tokenizer)
+def _llama2(spec: Llama2SourceSpec, tokenizer: PreTrainedTokenizerBase, where: str) -> nn.Module:
+    safety = build_source(spec.safety, tokenizer, f"{where}.safety")
+    helpfulness = build_source(spec.helpfulness, tokenizer, f"{where}.helpfulness")
     return Llama2Source(safety, helpfulness, spec.threshold, spec.unsafe_key)
 
 
-BUILDERS: dict[str, Callable[[Any, PreTrainedTokenizerBase], nn.Module]] = {
+BUILDERS: dict[str, Callable[[Any, PreTrainedTokenizerBase, str], nn.Module]] = {
     "rule": _rule,
     "model": _model,
     "weighted_sum": _weighted_sum,
@@ -275,6 +449,9 @@ BUILDERS: dict[str, Callable[[Any, PreTrainedTokenizerBase], nn.Module]] = {
 }
 
 
-def build_source(spec: Any, tokenizer: PreTrainedTokenizerBase) -> nn.Module:
-    """The module of one reward source spec; `tokenizer` is the policy's (the ids RewardInputs carry)."""
-    return BUILDERS[spec.kind](spec, tokenizer)
+def build_source(spec: Any, tokenizer: PreTrainedTokenizerBase, where: str = "source") -> nn.Module:
+    """The module of one reward source spec; `tokenizer` is the policy's (the ids RewardInputs carry).
+
+    `where`: the spec's YAML path, for errors found only when a checkpoint is read (e.g. `reward.source`).
+    """
+    return BUILDERS[spec.kind](spec, tokenizer, where)

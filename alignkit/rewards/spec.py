@@ -5,7 +5,7 @@ from __future__ import annotations
 import inspect
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, StrictInt, field_validator, model_validator
 
 from alignkit.config.base import Spec
 from alignkit.models.spec import ModelSpec
@@ -59,13 +59,80 @@ class RuleSourceSpec(Spec):
 
 
 class ModelSourceSpec(Spec):
-    """A frozen scalar-head reward model, e.g. one trained by the reward_model algorithm and exported."""
+    """A frozen model's score: a one-output reward model, or one label of a sequence classifier (`label`)."""
 
     kind: Literal["model"] = "model"
     model: ModelSpec = Field(
         description="The reward model: usually `{path: runs/<name>/version_N/hf/reward_model}` (the Hugging "
-        "Face export of a reward_model run); its score at the last real token is the reward. It is frozen.",
+        "Face export of a reward_model run); its score at the last real token is the reward. With `label`, a "
+        "sequence-classifier checkpoint (e.g. lvwerra/distilbert-imdb) that keeps its own head and labels. It "
+        "is frozen.",
     )
+    label: str | StrictInt | None = Field(
+        None,
+        description="null: `model` is a one-output reward model. Otherwise `model` is a sequence classifier and "
+        "the reward reads this one of its labels: a name from its config's id2label (e.g. POSITIVE) or an "
+        "index from 0. The classifier reads the decoded text (see `text`) through its own tokenizer.",
+    )
+    output: Literal["logit", "probability", "log_probability"] = Field(
+        "logit",
+        description="What of the label is the reward. 'probability': softmax over the classifier's labels, or "
+        "sigmoid of the label's logit when its config has problem_type multi_label_classification or one "
+        "label (as transformers' text-classification pipeline does); 'log_probability': its log; 'logit': "
+        "the label's raw logit, unbounded. With a label the default is 'probability', the reward of the DPO "
+        "paper's sentiment task, p(positive | review) in [0, 1] (Rafailov et al. 2023, sec. 6.1); TRL's "
+        "PPO sentiment example trains on the POSITIVE logit instead. Without a label only 'logit' applies: a "
+        "reward model's score is its one logit.",
+    )
+    text: Literal["prompt_and_completion", "completion"] = Field(
+        "prompt_and_completion",
+        description="What a classifier (`label`) reads. 'prompt_and_completion': the prompt text followed by the "
+        "response, the whole review that the DPO paper's IMDb task scored (its prompts are review prefixes); "
+        "'completion': the response alone, e.g. when prompts are instructions whose own tone must not count. "
+        "Texts longer than the classifier takes are cut from the left (with a warning), so that the end of the "
+        "response is always read. Without a label a reward model reads prompt and response, as it was trained.",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _probability_for_a_label(cls, data: Any) -> Any:
+        # Written into the spec (not decided when building) so that the resolved config says what ran.
+        if isinstance(data, dict) and data.get("label") is not None and "output" not in data:
+            return {**data, "output": "probability"}
+        return data
+
+    @model_validator(mode="after")
+    def _label_options(self) -> ModelSourceSpec:
+        problems = []
+        if self.label is None:
+            if self.output != "logit":
+                problems.append(
+                    f"output: '{self.output}' reads a class of a sequence classifier, but `label` is not set "
+                    "(got no label); set `label` (e.g. POSITIVE) to read one class, or remove `output`: a reward "
+                    "model's score is its one logit"
+                )
+            if self.text != "prompt_and_completion":
+                problems.append(
+                    f"text: '{self.text}' applies to a classifier (`label`), but `label` is not set (got no "
+                    "label); remove `text`: a reward model scores prompt and response, as it was trained"
+                )
+        else:
+            if isinstance(self.label, int) and self.label < 0:
+                problems.append(f"label: a class index counts from 0 (got {self.label}); allowed: 0, 1, ...")
+            if isinstance(self.label, str) and not self.label.strip():
+                problems.append(
+                    f"label: an empty name (got {self.label!r}); write a name from the classifier's id2label "
+                    "or an index"
+                )
+            if self.model.path is None:
+                problems.append(
+                    f"model.architecture: `label` reads a trained classifier's class, but an architecture "
+                    f"(got '{self.model.architecture}') builds random weights with no trained labels; set "
+                    "model.path to a sequence-classifier checkpoint"
+                )
+        if problems:
+            raise ValueError("\n".join(problems))
+        return self
 
 
 class WeightedTermSpec(Spec):
