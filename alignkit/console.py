@@ -337,8 +337,14 @@ def header(trainer: L.Trainer, module: Any, run_dir: Path) -> list[str]:
         model = getattr(module, section, None)
         if model is None:
             continue
+        if getattr(model, "alignkit_adapters_off", False):
+            models.append(f"{section} (the policy with its adapters off)")
+            continue
         n = sum(p.numel() for p in model.parameters())
+        trains = sum(p.numel() for p in model.parameters() if p.requires_grad)
         state = "trained" if section in card.trained else "frozen"
+        if section in card.trained and trains < n:  # LoRA adapters: what trains of it
+            state = f"{count(trains)} trained in adapters"
         kind = f"{cfg.reward.source.kind}, " if section == "reward" else ""
         models.append(f"{section} ({kind}{count(n)} params, {state})" if n else f"{section} ({kind.rstrip(', ')})")
     data = trainer.datamodule

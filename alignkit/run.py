@@ -28,6 +28,7 @@ from alignkit.data import Collator, build_datasets
 from alignkit.data.loader import ResumableLoader, ShardedSampler
 from alignkit.hardware import trainer_kwargs
 from alignkit.models import build_causal_lm, build_scalar_model, load_tokenizer, save_hf
+from alignkit.models.lora import AdaptersOff, apply_lora, export_lora, peft_model, unsharded_copy
 from alignkit.rewards import build_reward
 from alignkit.rundir import RunError, is_rank_zero, next_version, read_status, versions, write_status
 
@@ -123,21 +124,32 @@ def run_tokenizer(cfg: Any, algorithm: type[AlignModule]) -> Any:
 
 
 def build_models(cfg: Any, algorithm: type[AlignModule], tokenizer: Any = None) -> tuple[dict[str, nn.Module], Any]:
-    """The models an algorithm uses, from their sections; a missing `reference` is a copy of the policy."""
+    """The models an algorithm uses, from their sections; a missing `reference` is a copy of the policy, or the
+    policy with its adapters off when it trains LoRA adapters."""
     tokenizer = tokenizer if tokenizer is not None else run_tokenizer(cfg, algorithm)
     models: dict[str, nn.Module] = {}
+    adapters = {s: (getattr(cfg, s) or cfg.policy).lora for s in adapted_sections(cfg)}
     for section in algorithm.card.models:
         if section == "reward":  # the reward function (rules and frozen reward models), alignkit.rewards
             models[section] = build_reward(cfg.reward, tokenizer)
             continue
         spec = getattr(cfg, section)
         if spec is None:
+            if section == "reference" and section in adapters:
+                continue  # the policy with its adapters off, once they are on (below)
             default = algorithm.build_default(section, cfg, models, tokenizer)
             if default is not None:
                 models[section] = default
             continue
         build = build_causal_lm if section in CAUSAL_SECTIONS else build_scalar_model
         models[section] = build(spec, tokenizer)
+    # adapters go on once every default is built: PPO's critic starts from the policy's weights, before them
+    for section, lora in adapters.items():
+        if section == "reference":
+            models[section] = AdaptersOff(models["policy"])
+        elif section in models:
+            seed = (getattr(cfg, section) or cfg.policy).init_seed
+            models[section] = apply_lora(models[section], lora, scalar=section in SCALAR_SECTIONS, seed=seed)
     if "reference" in models and "policy" in models:
         # log-ratios compare the two models token by token, so they must share one vocabulary
         sizes = {s: models[s].get_input_embeddings().num_embeddings for s in ("policy", "reference")}
@@ -148,6 +160,19 @@ def build_models(cfg: Any, algorithm: type[AlignModule], tokenizer: Any = None) 
                 "copy of the policy)"
             )
     return models, tokenizer
+
+
+def adapted_sections(cfg: Any) -> list[str]:
+    """The model sections that train LoRA adapters ("reference": the policy with its adapters off; a critic left
+    out takes the policy's adapters, as it takes the policy's weights)."""
+    algorithm = ALGORITHMS.get(cfg.algorithm.name)
+    policy_lora = cfg.policy is not None and cfg.policy.lora is not None
+    found = [s for s in algorithm.trained if getattr(cfg, s, None) is not None and getattr(cfg, s).lora is not None]
+    if policy_lora and "critic" in algorithm.trained and cfg.critic is None:
+        found.append("critic")
+    if policy_lora and "reference" in algorithm.models and cfg.reference is None:
+        found.append("reference")
+    return found
 
 
 class AlignData(L.LightningDataModule):
@@ -178,14 +203,21 @@ def _export(module: AlignModule, trainer: L.Trainer, run_dir: Path) -> dict[str,
     exports = {}
     for section in module.card.trained:
         model, out = getattr(module, section), run_dir / "hf" / section
+        full = None
         if isinstance(trainer.strategy, ModelParallelStrategy):
             from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
             # every rank takes part in gathering the shards; rank 0 writes
             full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-            if trainer.is_global_zero:
-                model.save_pretrained(out, state_dict=full, safe_serialization=True)
-                module.tokenizer.save_pretrained(out)
+        if trainer.is_global_zero and peft_model(model) is not None:
+            # merged at out/ and the adapter beside it; sharded weights are merged in an unsharded copy
+            if full is not None:
+                model = unsharded_copy(model)
+            export_lora(model, module.tokenizer, out, out.with_name(f"{section}_adapter"), state_dict=full)
+            exports[f"{section}_adapter"] = out.with_name(f"{section}_adapter")
+        elif trainer.is_global_zero and full is not None:
+            model.save_pretrained(out, state_dict=full, safe_serialization=True)
+            module.tokenizer.save_pretrained(out)
         elif trainer.is_global_zero:
             save_hf(model, module.tokenizer, out)
         exports[section] = out

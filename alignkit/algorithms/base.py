@@ -10,6 +10,7 @@ from torch import Tensor, nn
 from transformers import get_scheduler
 
 from alignkit.algorithms.configs.base import AlgorithmCard
+from alignkit.models.lora import AdaptersOff
 from alignkit.ops.budget import equalise, token_budget_chunks
 from alignkit.ops.lm_head import layout_options
 
@@ -104,6 +105,34 @@ class AlignModule(L.LightningModule):
         """Reshape the tokenized train/eval sets before batching (e.g. KTO's mismatched pairs); default: as is."""
         return train, eval_set
 
+    # -- checkpoints: trained state only -------------------------------------------------------------
+    def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        """Every parameter that trains and every buffer; frozen parameters (the reference, reward models, the
+        base under LoRA adapters) are left out, as torch's `StateDictOptions(ignore_frozen_params=True)` does:
+        they are rebuilt from their config on resume, so a checkpoint's size follows what trains.
+
+        Buffers stay (a reward normaliser's running statistics change in training). Lightning saves through
+        this for single, DDP and FSDP runs (torch.distributed.checkpoint's get_model_state_dict calls it)."""
+        state = super().state_dict(*args, **kwargs)
+        prefix = kwargs.get("prefix", args[1] if len(args) > 1 else "")
+        for name, parameter in self.named_parameters(remove_duplicate=False):  # a tied weight under each name
+            if not parameter.requires_grad:
+                state.pop(prefix + name, None)
+        return state
+
+    def load_state_dict(self, state_dict: Any, strict: bool = True, assign: bool = False) -> Any:
+        """A checkpoint of trained state (state_dict above): frozen parameters keep the values they were built
+        with; anything else missing or unexpected is an error when `strict`, as usual."""
+        result = super().load_state_dict(state_dict, strict=False, assign=assign)
+        frozen = {name for name, p in self.named_parameters(remove_duplicate=False) if not p.requires_grad}
+        missing = [k for k in result.missing_keys if k not in frozen]
+        if strict and (missing or result.unexpected_keys):
+            raise RuntimeError(
+                f"checkpoint does not match the model: missing {missing[:5]}, unexpected "
+                f"{result.unexpected_keys[:5]} (of {len(missing)} and {len(result.unexpected_keys)})"
+            )
+        return type(result)(missing, result.unexpected_keys)
+
     @property
     def frozen(self) -> list[str]:
         return [s for s in self.card.models if s not in self.card.trained and hasattr(self, s)]
@@ -154,7 +183,8 @@ class AlignModule(L.LightningModule):
             return
 
         for section in self.card.models:
-            if hasattr(self, section):
+            # a reference that is the policy with its adapters off holds no weights of its own
+            if hasattr(self, section) and not isinstance(getattr(self, section), AdaptersOff):
                 shard_fsdp2(getattr(self, section), self.device_mesh, self.cfg.hardware)
         self._configured = True
 

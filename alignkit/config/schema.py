@@ -260,11 +260,34 @@ class ExperimentBase(Spec):
                     "trainer.shared_prompts needs; use 'sdpa' or 'eager', or set trainer.shared_prompts: false"
                 )
         card = ALGORITHMS.get(self.algorithm.name) if self.algorithm.name in ALGORITHMS else None  # type: ignore[attr-defined]
+        if card is not None:
+            found += [
+                f"{s}.lora: algorithm '{card.name}' does not train the {s} (it stays frozen); remove lora (to use "
+                f"adapters trained before, point {s}.path at the stage's merged export, hf/<section>/)"
+                for s in MODEL_SECTIONS
+                if getattr(getattr(self, s), "lora", None) is not None and s not in card.trained
+            ]
+        found += [
+            f"{path}.lora: a reward's models are frozen; remove lora (to use adapters trained before, point "
+            f"{path}.path at the stage's merged export, hf/reward_model/)"
+            for path in _adapted_models(self.reward, "reward")
+        ]
         if t.max_tokens_per_micro_batch and card is not None and card.no_token_budget:
             found.append(f"trainer.max_tokens_per_micro_batch: not for algorithm '{card.name}': {card.no_token_budget}")
         if found:
             raise ValueError("\n".join(found))
         return self
+
+
+def _adapted_models(spec: Any, path: str) -> list[str]:
+    """YAML paths of the ModelSpecs with `lora` inside a section (the reward's sources nest them)."""
+    if isinstance(spec, ModelSpec):
+        return [path] if spec.lora is not None else []
+    if isinstance(spec, Spec):
+        return [p for name in type(spec).model_fields for p in _adapted_models(getattr(spec, name), f"{path}.{name}")]
+    if isinstance(spec, list | tuple):
+        return [p for i, item in enumerate(spec) for p in _adapted_models(item, f"{path}[{i}]")]
+    return []
 
 
 def cross_section_problems(

@@ -20,6 +20,32 @@ def _divisors(n: int, most: int = 12) -> str:
     return ", ".join(map(str, found[:most])) + (", ..." if len(found) > most else "")
 
 
+class LoraSpec(Spec):
+    """Low-rank adapters through PEFT (Hu et al. 2021, "LoRA", arXiv 2106.09685): the model's weights stay frozen
+    and only the adapters (and `modules_to_save`) train."""
+
+    rank: int = Field(16, gt=0, description="Rank r of each adapter (A: r x in, B: out x r).")
+    alpha: float = Field(32.0, gt=0, description="Scale: the adapter's output is multiplied by alpha / rank.")
+    dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the adapter's input (training only).")
+    target_modules: Literal["all-linear"] | list[str] = Field(
+        "all-linear",
+        description="Which linear layers get adapters: 'all-linear' (every linear layer of the body, not the LM "
+        "head, as QLoRA recommends) or module names, e.g. [q_proj, v_proj].",
+    )
+    modules_to_save: list[str] = Field(
+        default_factory=list,
+        description="Modules trained in full beside the adapters (e.g. [embed_tokens] for new tokens). A reward "
+        "model's or critic's `score` head always trains.",
+    )
+
+    @field_validator("target_modules")
+    @classmethod
+    def _some_modules(cls, names: str | list[str]) -> str | list[str]:
+        if isinstance(names, list) and not names:
+            raise ValueError("name at least one module, or 'all-linear' (got [])")
+        return names
+
+
 class ModelSpec(Spec):
     """A Hugging Face checkpoint (`path`) or a registered architecture built with random weights."""
 
@@ -85,6 +111,12 @@ class ModelSpec(Spec):
         description="Attention kernel: 'sdpa' (torch's fused attention), 'eager' (plain matmuls), "
         "'flash_attention_2' (the flash-attn package, CUDA) or 'flex_attention' (torch's FlexAttention; it trains "
         "on GPUs only, having no backward on CPU).",
+    )
+
+    lora: LoraSpec | None = Field(
+        None,
+        description="Train low-rank adapters (PEFT) instead of every weight; for a trained policy, reward model or "
+        "critic. A reference left out is then the policy with its adapters switched off: no second copy is held.",
     )
 
     @model_validator(mode="before")

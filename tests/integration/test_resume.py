@@ -14,21 +14,24 @@ from alignkit.algorithms import ALGORITHMS
 from alignkit.config.load import validate_dict
 from alignkit.run import run
 
-# (algorithm section, data source) of each algorithm resumed here; DPO with its reference log-probs
-# precomputed, which a resumed run computes again from the restored reference.
+# (algorithm section, data source, policy options) of each setup resumed here; DPO with its reference log-probs
+# precomputed, which a resumed run computes again from the restored reference; DPO with LoRA adapters, whose
+# checkpoints hold the adapters and their optimizer state only (the frozen base is rebuilt from its spec).
+PAIRS = {"generator": "sentiment_pairs", "args": {"n": 40}}
 SETUPS = {
-    "sft": ({"name": "sft"}, {"generator": "reverse_words", "args": {"n": 40}}),
-    "dpo": ({"name": "dpo", "precompute_ref_logps": True}, {"generator": "sentiment_pairs", "args": {"n": 40}}),
+    "sft": ({"name": "sft"}, {"generator": "reverse_words", "args": {"n": 40}}, {}),
+    "dpo": ({"name": "dpo", "precompute_ref_logps": True}, PAIRS, {}),
+    "dpo-lora": ({"name": "dpo"}, PAIRS, {"lora": {"rank": 4, "alpha": 8, "dropout": 0.1}}),
 }
 
 
 def _cfg(root: Path, resume: str = "none", algorithm: str = "sft") -> object:
-    section, source = SETUPS[algorithm]
+    section, source, policy = SETUPS[algorithm]
     return validate_dict(
         {
             "name": "resume",
             "algorithm": section,
-            "policy": {"architecture": "llama", "hidden_size": 32, "num_layers": 1, "num_heads": 2},
+            "policy": {"architecture": "llama", "hidden_size": 32, "num_layers": 1, "num_heads": 2, **policy},
             "data": {"train": source, "max_length": 48},
             # 40 rows / (4 x accumulation 2) = 5 optimizer steps per epoch: the crash and the resume
             # fall mid-epoch and mid-schedule, where data order and optimizer state both matter
@@ -52,7 +55,7 @@ def test_crash_and_resume_matches_a_straight_run(
     algorithm: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     straight = run(_cfg(tmp_path / "a", algorithm=algorithm))
-    module_cls = ALGORITHMS.get(algorithm).load()
+    module_cls = ALGORITHMS.get(SETUPS[algorithm][0]["name"]).load()
     original = module_cls.training_step
 
     def crash_after_step_4(self: Any, batch: dict, idx: int) -> torch.Tensor:
