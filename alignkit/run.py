@@ -16,7 +16,6 @@ from typing import Any
 import lightning as L
 import yaml
 from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.loggers import TensorBoardLogger
 from torch import nn
 
 from alignkit.algorithms import ALGORITHMS
@@ -27,6 +26,7 @@ from alignkit.console import ProgressLines, open_log_file, with_run_output
 from alignkit.data import Collator, build_datasets
 from alignkit.data.loader import ResumableLoader, ShardedSampler
 from alignkit.hardware import trainer_kwargs
+from alignkit.loggers import build_loggers, finish_logging, start_logging
 from alignkit.models import build_causal_lm, build_scalar_model, load_tokenizer, save_hf
 from alignkit.models.lora import AdaptersOff, apply_lora, export_lora, peft_model, unsharded_copy
 from alignkit.rewards import build_reward
@@ -320,9 +320,7 @@ def _fit(
     updates = cfg.algorithm.updates_per_step()
     batch_size = t.prompts_per_step // world if steps_itself else t.micro_batch_size
     data = AlignData(train_set, eval_set, Collator(algorithm.card.records, tokenizer.pad_token_id), batch_size, t.seed)
-    logger = TensorBoardLogger(
-        save_dir=str(run_dir.parent.parent), name=run_dir.parent.name, version=run_dir.name, default_hp_metric=False
-    )
+    loggers = build_loggers(cfg, run_dir)  # logging.loggers (alignkit/loggers.py)
     every = cfg.checkpoint.every_n_steps
     checkpoints = ModelCheckpoint(
         dirpath=run_dir / "checkpoints",
@@ -341,7 +339,7 @@ def _fit(
         max_epochs=t.max_epochs or (-1 if t.max_steps else 1),
         accumulate_grad_batches=accumulate,
         gradient_clip_val=None if steps_itself else t.gradient_clip_val,
-        logger=logger,
+        logger=loggers,
         callbacks=[
             checkpoints,
             SaveOnException(run_dir / "checkpoints" / "on_exception.ckpt"),
@@ -362,7 +360,8 @@ def _fit(
         default_root_dir=str(run_dir),
     )
     if trainer.is_global_zero:
-        logger.log_hyperparams({"algorithm": cfg.algorithm.name, "seed": t.seed, "accumulate": accumulate})
+        hparams = {"algorithm": cfg.algorithm.name, "seed": t.seed, "accumulate": accumulate}
+        start_logging(loggers, cfg, run_dir, hparams)  # and the resolved config to W&B and MLflow
     # alignkit's checkpoints hold tensors, numbers and strings only: loaded without unpickling code
     trainer.fit(module, datamodule=data, ckpt_path=str(ckpt) if ckpt else None, weights_only=True)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
@@ -370,6 +369,8 @@ def _fit(
         # the final model is always evaluated (validate() replaces the callback metrics, hence the merge)
         trainer.validate(module, datamodule=data, verbose=False)
         metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1})
+    if trainer.is_global_zero:
+        finish_logging(loggers)
     exports = _export(module, trainer, run_dir) if cfg.checkpoint.export_hf else {}
     # steps as the config counts them: optimizer steps, or iterations for online algorithms
     return RunResult(run_dir=run_dir, exports=exports, metrics=metrics, global_step=trainer.global_step // updates)

@@ -265,14 +265,15 @@ class AlignModule(L.LightningModule):
         )
 
     def _log_iteration(self, metrics: dict[str, Tensor | float], batch_size: int) -> None:
-        """Train metrics of an online iteration, written to the logger at the iteration's step.
+        """Train metrics of an online iteration, written to every logger at the iteration's step (rank 0).
 
         Lightning writes every key it has seen at every step, repeating a key's last value where a step did
         not log it; online iterations log different keys (PPO's and rejection-sampling rounds'), so they go to
-        the logger directly, and through self.log only for the run's final metrics.
+        the loggers directly, and through self.log only for the run's final metrics.
         """
         values = {f"train/{k}": float(v) for k, v in metrics.items()}
         iteration = self.trainer.fit_loop.epoch_loop._batches_that_stepped
-        if self.logger is not None and self.trainer.is_global_zero and iteration % self.trainer.log_every_n_steps == 0:
-            self.logger.log_metrics(values, step=iteration)
+        if self.trainer.is_global_zero and iteration % self.trainer.log_every_n_steps == 0:
+            for logger in self.loggers:  # every tracker of logging.loggers
+                logger.log_metrics(values, step=iteration)
         self.log_dict(values, on_step=True, on_epoch=False, logger=False, batch_size=batch_size)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import importlib.util
 import math
 from collections.abc import Iterable, Mapping
 from typing import Annotated, Any, Literal, Union
@@ -184,6 +185,36 @@ class HardwareSpec(Spec):
         return None if self.devices == "auto" else self.devices * self.num_nodes
 
 
+# trackers that are optional extras: the module each needs (looked up without importing it: validation stays fast)
+_TRACKER_MODULES = {"wandb": "wandb", "mlflow": "mlflow"}
+
+
+class WandbSpec(Spec):
+    project: str = Field("alignkit", description="W&B project the run goes to.")
+    entity: str | None = Field(None, description="W&B team or user; default: W&B's (WANDB_ENTITY, else your own).")
+    group: str | None = Field(
+        None,
+        description="W&B group, whose runs the UI can average; default the experiment's name (a pipeline stage's "
+        "name), so its seeds and versions group together.",
+    )
+    tags: list[str] = Field(default_factory=list, description="Tags on the W&B run.")
+    mode: Literal["online", "offline", "disabled"] | None = Field(
+        None,
+        description="online: synced as it trains (needs `wandb login`); offline: written under <run>/wandb/ only, "
+        "uploaded later with `wandb sync`; disabled: nothing. Default: W&B's own (WANDB_MODE, else online).",
+    )
+
+
+class MLflowSpec(Spec):
+    tracking_uri: str | None = Field(
+        None,
+        description="Where MLflow records runs: a server (http://host:5000), a database (sqlite:///mlflow.db) or a "
+        "directory (file:/path/mlruns). Default: MLFLOW_TRACKING_URI, else the directory <logging.root>/mlruns "
+        "(view with `mlflow ui --backend-store-uri <logging.root>/mlruns`).",
+    )
+    experiment: str | None = Field(None, description="MLflow experiment of the run; default the experiment's name.")
+
+
 class LoggingSpec(Spec):
     root: str = Field("runs", description="Runs go to <root>/<name>/<version>/.")
     version: str | None = Field(None, description="Run version directory; default the next free version_N.")
@@ -192,6 +223,40 @@ class LoggingSpec(Spec):
         description="Print a progress line every trainer.log_every_n_steps steps: the algorithm's main metrics, "
         "s/step and ETA (false: to train.log only; the header, eval results and warnings still print).",
     )
+    loggers: list[Literal["tensorboard", "csv", "wandb", "mlflow"]] = Field(
+        default_factory=lambda: ["tensorboard"],
+        description="Trackers the metrics go to, Lightning's loggers: tensorboard (event files in the run "
+        "directory; `alignkit compare` copies them beside its own curves), csv (<run>/csv/metrics.csv), wandb "
+        "(pip install 'alignkit[wandb]'; see logging.wandb), mlflow (pip install 'alignkit[mlflow]'; see "
+        "logging.mlflow). Each W&B and MLflow run is named <name>/<version> and gets the resolved config as "
+        "parameters; a resumed run continues the same one. A study (bandit_study) writes TensorBoard runs only.",
+    )
+    wandb: WandbSpec | None = Field(None, description="W&B settings (with wandb in logging.loggers).")
+    mlflow: MLflowSpec | None = Field(None, description="MLflow settings (with mlflow in logging.loggers).")
+
+    @model_validator(mode="after")
+    def _trackers(self) -> LoggingSpec:
+        problems = []
+        twice = sorted({name for name in self.loggers if self.loggers.count(name) > 1})
+        if twice:
+            problems.append(
+                f"loggers: {', '.join(repr(n) for n in twice)} listed more than once (got {self.loggers}); "
+                "list each logger once"
+            )
+        for name, module in _TRACKER_MODULES.items():
+            if name in self.loggers and importlib.util.find_spec(module) is None:
+                problems.append(
+                    f"loggers: '{name}' needs the {module} package, which is not installed; "
+                    f"pip install 'alignkit[{name}]', or remove {name} from logging.loggers"
+                )
+            if getattr(self, name) is not None and name not in self.loggers:
+                problems.append(
+                    f"{name}: settings for a logger that is off (logging.loggers is {self.loggers}); add {name} to "
+                    f"logging.loggers, or remove logging.{name}"
+                )
+        if problems:
+            raise ValueError("\n".join(problems))
+        return self
 
 
 class CheckpointSpec(Spec):
@@ -219,7 +284,7 @@ class ExperimentBase(Spec):
     data: DataSpec | None = Field(None, description="Training and held-out data.")
     trainer: TrainerSpec = Field(default_factory=TrainerSpec, description="Steps, batch sizes, optimizer, schedule.")
     hardware: HardwareSpec = Field(default_factory=HardwareSpec, description="Devices and parallelism.")
-    logging: LoggingSpec = Field(default_factory=LoggingSpec, description="Where runs and TensorBoard logs go.")
+    logging: LoggingSpec = Field(default_factory=LoggingSpec, description="Where runs and their logs go.")
     checkpoint: CheckpointSpec = Field(default_factory=CheckpointSpec, description="Checkpoints, resume, export.")
 
     @field_validator("name")
