@@ -1,4 +1,4 @@
-"""Loading records from files, save_to_disk directories or generators, and checking every row for its kind."""
+"""Loading records from files, save_to_disk directories, generators or load_dataset, and checking every row."""
 
 from __future__ import annotations
 
@@ -16,6 +16,8 @@ from typing import Any, Literal
 import pyarrow as pa
 import pyarrow.parquet as pq
 from datasets import Dataset, DatasetDict, Value, load_dataset, load_from_disk
+from datasets import config as datasets_config
+from datasets.exceptions import DatasetGenerationError, DatasetNotFoundError
 
 from alignkit.data.generators import DATASETS, GENERATOR_KINDS
 from alignkit.data.spec import STANDARD_COLUMNS, Format, RecordKind, SourceSpec
@@ -354,8 +356,80 @@ def _read_dir(path: Path, name: str) -> Dataset | DatasetDict:
         ) from e
 
 
-def _read(source: SourceSpec) -> Dataset:
+def _data_files(source: SourceSpec) -> list[str]:
+    """A hub source's data_files as one flat list of paths or patterns."""
+    files = source.data_files
+    if files is None:
+        return []
+    if isinstance(files, dict):
+        return [f for value in files.values() for f in ([value] if isinstance(value, str) else value)]
+    return [files] if isinstance(files, str) else list(files)
+
+
+def _hub_call(source: SourceSpec) -> str:
+    """The load_dataset call that reads a hub source, as the fix in an error writes it."""
+    args = [repr(source.hub)] + [f"{k}={v!r}" for k, v in _hub_args(source).items() if v is not None]
+    return f"datasets.load_dataset({', '.join(args)})"
+
+
+def _hub_args(source: SourceSpec) -> dict[str, Any]:
+    args = {"name": source.config, "split": source.split or "train", "revision": source.revision}
+    return {**args, "data_files": source.data_files}
+
+
+def _read_hub(source: SourceSpec, key: str) -> Dataset:
+    """A source through datasets.load_dataset: a hub dataset, a local directory of data files or a builder."""
+    where = f"{key} ({source.name})"
+    saved = Path(source.hub)
+    if (saved / "state.json").is_file() or (saved / "dataset_dict.json").is_file():
+        raise DataError(
+            f"{where}: a directory written by save_to_disk, which load_dataset does not read; set "
+            f"{key}.path: {source.hub} in place of hub:"
+        )
+    extra = _reader_args("csv", Path(), source) if source.hub == "csv" else {}  # CSV cells as for a path: source
+    try:
+        with _quiet_datasets():
+            return load_dataset(source.hub, **_hub_args(source), **extra)
+    except ConnectionError as e:  # datasets raises it when offline, or when the hub does not answer
+        offline = " (offline: HF_HUB_OFFLINE or HF_DATASETS_OFFLINE is set)" if datasets_config.HF_HUB_OFFLINE else ""
+        raise DataError(
+            f"{where}: could not reach the Hugging Face hub to load '{source.hub}'{offline}, and no copy is cached; "
+            f"check the name, then either run where the hub is reachable, or download it beforehand where it is: "
+            f"{_hub_call(source)}.save_to_disk('DIR'), and set {key}.path: DIR in place of hub:"
+        ) from e
+    except DatasetNotFoundError as e:  # a missing, private or gated dataset, or a missing revision
+        raise DataError(
+            f"{where}: not found on the Hugging Face hub ({_cause(e)}); check the name and revision at "
+            f"https://huggingface.co/datasets/{source.hub}, and for a private or gated dataset log in with "
+            "`hf auth login`"
+        ) from e
+    except FileNotFoundError as e:  # data_files that match nothing, or a name neither local nor on the hub
+        what = f"data_files {source.data_files!r}" if source.data_files is not None else f"hub '{source.hub}'"
+        raise DataError(
+            f"{where}: {what} not found ({_cause(e)}); check the path (relative paths start at {Path.cwd()}) or "
+            "the hub name"
+        ) from e
+    except StopIteration as e:  # datasets' json builder, given a pattern that matches no file or only empty ones
+        raise DataError(
+            f"{where}: data_files {source.data_files!r} match no file, or only empty ones; check the pattern "
+            f"(relative paths start at {Path.cwd()})"
+        ) from e
+    except ValueError as e:  # an unknown split or configuration
+        raise DataError(f"{where}: {one_line(str(e)).rstrip('.')}; check {key}.split and {key}.config") from e
+    except DatasetGenerationError as e:  # a data file that its builder cannot parse: a scan of our own finds the row
+        for file in map(Path, _data_files(source)):
+            if file.is_file() and READERS.get(file.suffix.lower()) == source.hub:
+                _scan(file, source.hub, str(file))
+        raise DataError(
+            f"{where}: could not be read ({_cause(e)}); check its files, or read one with path: to have its bad "
+            "rows named"
+        ) from e
+
+
+def _read(source: SourceSpec, key: str = "data.train") -> Dataset:
     """The raw rows of a source, before column mapping; every failure is a DataError naming the source."""
+    if source.hub is not None:
+        return _read_hub(source, key)
     if source.generator is not None:
         try:
             return Dataset.from_list(DATASETS.get(source.generator)(**source.args))
@@ -388,8 +462,12 @@ def _read(source: SourceSpec) -> Dataset:
     return data
 
 
-def source_columns(source: SourceSpec) -> list[str]:
-    """The standard column names a source provides (after its `columns` mapping), without checking rows."""
+def source_columns(source: SourceSpec | list[SourceSpec]) -> list[str]:
+    """The standard column names a source provides (after its `columns` mapping), without checking rows; of a
+    mixture, the names every source provides."""
+    if isinstance(source, list):
+        each = [source_columns(s) for s in source]
+        return [col for col in each[0] if all(col in cols for cols in each[1:])]
     renames = {col: std for std, col in source.columns.items()}
     return [renames.get(col, col) for col in _read(source).column_names]
 
@@ -507,14 +585,14 @@ def load_records(source: SourceSpec, kind: RecordKind, fmt: Format = "auto", *, 
             f"{source.name}: makes {' or '.join(GENERATOR_KINDS[source.generator])} records, not the {kind} "
             f"records needed here; generators that make {kind} records: {', '.join(fitting) or 'none'}"
         )
-    ds = _read(source)
+    ds = _read(source, key)
     if source.limit is not None:
         ds = ds.select(range(min(source.limit, len(ds))))
     if len(ds) == 0:  # before mapping: an empty file has no columns to map
         raise DataError(f"{source.name}: no rows; point {key} at a source with records")
     ds = _map_columns(ds, source, key)
     fmt = resolve_format(ds, kind, fmt)
-    text_cells = source.path is not None and Path(source.path).suffix.lower() == ".csv"
+    text_cells = source.hub == "csv" or (source.path is not None and Path(source.path).suffix.lower() == ".csv")
     # A column absent from the whole source would make every row say the same thing: report row 1 only.
     absent = any(f not in ds.column_names for f in required_fields(kind, fmt))
     bad = BadRows(source.name)

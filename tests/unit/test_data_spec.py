@@ -20,9 +20,16 @@ def test_unknown_generator_suggests_the_closest_name() -> None:
         SourceSpec(generator="revers_words")
 
 
-@pytest.mark.parametrize("fields", [{}, {"path": "a.jsonl", "generator": "reverse_words"}])
-def test_exactly_one_of_path_and_generator(fields: dict) -> None:
-    with pytest.raises(ValidationError, match=r"set exactly one of path or generator"):
+@pytest.mark.parametrize(
+    ("fields", "got"),
+    [
+        ({}, "neither"),
+        ({"path": "a.jsonl", "generator": "reverse_words"}, "path and generator"),
+        ({"path": "a.jsonl", "hub": "org/set"}, "path and hub"),
+    ],
+)
+def test_exactly_one_of_path_generator_and_hub(fields: dict, got: str) -> None:
+    with pytest.raises(ValidationError, match=rf"set exactly one of path, generator or hub \(got {got}\)"):
         SourceSpec(**fields)
 
 
