@@ -46,7 +46,16 @@ PIPELINE_KEYS = ("name", "description", "defaults", "stages", "compare")
 # stage's mapping with one replaces the defaults' mapping instead of being merged into it key by key.
 IDENTITY_KEYS = frozenset({STAGE_KEY, "path", "preset", "architecture", "generator", "kind"})
 # Keys that never make two runs of a stage different.
-IGNORED = (("description",), ("logging", "version"), ("logging", "progress_bar"), ("checkpoint", "resume"))
+# keys that change where a run's numbers are shown, not the numbers: a finished stage is reused across them
+IGNORED = (
+    ("description",),
+    ("logging", "version"),
+    ("logging", "progress_bar"),
+    ("logging", "loggers"),
+    ("logging", "wandb"),
+    ("logging", "mlflow"),
+    ("checkpoint", "resume"),
+)
 PENDING = "<not run yet>"
 SEED_DIR = "seed_{}"
 

@@ -74,8 +74,8 @@ class KTO(AlignModule):
         kind = cfg.algorithm.data_kind
         if kind != "auto":
             return kind
-        source = cfg.data.train
-        if source.generator is not None:
+        source = cfg.data.train  # a source, or a mixture's list (source_columns: the columns every one has)
+        if not isinstance(source, list) and source.generator is not None:
             return "unpaired" if "unpaired" in GENERATOR_KINDS[source.generator] else "preference"
         return "preference" if {"chosen", "rejected"} <= set(source_columns(source)) else "unpaired"
 

@@ -194,3 +194,60 @@ def test_online_resume_on_two_processes_samples_what_the_straight_run_did(tmp_pa
     a, b = (load_file(run / "hf" / "policy" / "model.safetensors") for run in (straight, resumed))
     assert a.keys() == b.keys()
     assert [k for k in a if not torch.equal(a[k], b[k])] == []
+
+
+LORA_DPO = """
+name: dist_lora
+algorithm: {name: dpo}
+policy: {architecture: llama, hidden_size: 32, num_layers: 2, num_heads: 2, lora: {rank: 4, alpha: 8}}
+data: {train: {generator: sentiment_pairs, args: {n: 32}}, eval_fraction: 0.25, max_length: 64}
+trainer: {max_steps: 2, prompts_per_step: 8, micro_batch_size: 2, log_every_n_steps: 1, optimizer: {lr: 5.0e-2}}
+checkpoint: {every_n_steps: 1}
+logging: {progress_bar: false}
+"""
+
+
+def test_lora_under_ddp_starts_at_log_2_and_exports_merged_and_adapter(tmp_path: Path) -> None:
+    """The reference is the policy with its adapters off on each rank: DPO's first loss is exactly log 2; the
+    merged export computes what the base with the PEFT adapter does."""
+    from peft import PeftModel
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from alignkit.models import ModelSpec, build_causal_lm, byte_tokenizer
+
+    alignkit(tmp_path, LORA_DPO, "hardware.preset=ddp-cpu-2")
+    run_dir = tmp_path / "runs" / "dist_lora" / "version_0"
+    losses = [e.value for e in EventAccumulator(str(run_dir)).Reload().Scalars("train/loss")]
+    assert losses[0] == pytest.approx(0.693147, abs=1e-6) and losses[1] != pytest.approx(0.693147, abs=1e-5)
+    merged = AutoModelForCausalLM.from_pretrained(run_dir / "hf" / "policy")
+    base = build_causal_lm(ModelSpec(architecture="llama", hidden_size=32, num_layers=2, num_heads=2), byte_tokenizer())
+    adapted = PeftModel.from_pretrained(base, run_dir / "hf" / "policy_adapter").eval()
+    ids = torch.randint(3, 259, (2, 9), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(merged(input_ids=ids).logits, adapted(input_ids=ids).logits)
+
+
+def test_lora_under_fsdp_with_a_bf16_base_resumes_exactly(tmp_path: Path) -> None:
+    """float32 adapters in bf16 blocks, a bf16 embedding trained in full beside them (modules_to_save): each FSDP
+    unit's trainable parameters share one dtype. The sharded checkpoint holds the trained state only, and a
+    resume from step 1 ends where the straight run did; the export is merged from gathered weights."""
+    text = LORA_DPO.replace("lora: {", "dtype: bfloat16, lora: {modules_to_save: [embed_tokens], ")
+    alignkit(tmp_path, text, "hardware.preset=fsdp-cpu-2")
+    straight = tmp_path / "runs" / "dist_lora" / "version_0"
+    ckpt = straight / "checkpoints" / "step000001.ckpt"
+    assert ckpt.is_dir() and any(ckpt.glob("*.distcp"))
+    alignkit(tmp_path, text, "hardware.preset=fsdp-cpu-2", f"checkpoint.resume={ckpt}")
+    resumed = tmp_path / "runs" / "dist_lora" / "version_1"
+    a, b = status(straight)["metrics"], status(resumed)["metrics"]
+    assert status(resumed)["global_step"] == 2
+    assert b["train/loss"] == pytest.approx(a["train/loss"], rel=1e-5)
+    merged = AutoModelForCausalLM.from_pretrained(resumed / "hf" / "policy")
+    assert merged.dtype == torch.bfloat16 and (resumed / "hf" / "policy_adapter" / "adapter_model.safetensors").exists()
+
+
+def test_ppo_with_lora_under_fsdp(tmp_path: Path) -> None:
+    """The policy's adapters also go on its default critic (whose new value head trains in full) under FSDP."""
+    alignkit(tmp_path, ONLINE.replace("ALGO", "ppo"), "hardware.preset=fsdp-cpu-2", "policy.lora.rank=4")
+    run_dir = tmp_path / "runs" / "dist_online" / "version_0"
+    assert_complete_online_run(run_dir, steps=2)
+    assert (run_dir / "hf" / "critic_adapter" / "adapter_config.json").exists()

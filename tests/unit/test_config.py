@@ -336,7 +336,7 @@ def test_acceptance_every_problem_with_path_value_allowed_and_suggestion(
             "should be a valid dictionary or instance of ModelSpec (got 'tiny-llama'); allowed: a mapping with "
             "keys preset, path, architecture, tokenizer, hidden_size, num_layers, num_heads, num_kv_heads, "
             "intermediate_size, max_position_embeddings, vocab_size, tie_embeddings, init_seed, dtype, "
-            "attn_implementation, or null; to use a preset, write `policy: {preset: tiny-llama}`",
+            "attn_implementation, lora, or null; to use a preset, write `policy: {preset: tiny-llama}`",
         ),
         (
             "trainer",
