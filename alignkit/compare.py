@@ -220,14 +220,25 @@ def best_of_n(answers: dict[str, Any], ns: list[int], per_prompt_n: int, **info:
     return points
 
 
-def _load_policy_weights(model: Any, ckpt: Path) -> Any:
-    """A copy of `model` with the `policy.*` weights of a Lightning checkpoint."""
+def _load_policy_weights(model: Any, ckpt: Path, spec: Any = None) -> Any:
+    """A copy of `model` with the `policy.*` weights of a Lightning checkpoint; for a policy that trained LoRA
+    adapters (its checkpoint holds them alone), its base rebuilt from `spec` with the checkpoint's adapters."""
     import copy
 
     import torch
 
     state = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
     weights = {k.removeprefix("policy."): v for k, v in state.items() if k.startswith("policy.")}
+    if spec is not None and spec.lora is not None:
+        from alignkit.models import build_causal_lm, load_tokenizer
+        from alignkit.models.lora import apply_lora
+
+        out = apply_lora(build_causal_lm(spec, load_tokenizer(spec)), spec.lora, scalar=False, seed=spec.init_seed)
+        frozen = {name for name, p in out.named_parameters() if not p.requires_grad}
+        result = out.load_state_dict(weights, strict=False)
+        if result.unexpected_keys or set(result.missing_keys) - frozen:
+            raise RuntimeError(f"{ckpt}: its adapters do not match the policy section of the stage's config")
+        return out.eval()
     out = copy.deepcopy(model)
     out.load_state_dict(weights)
     return out
@@ -397,7 +408,8 @@ def _evaluate_seed(
             for step, ckpt in [(s, c) for s, c in step_checkpoints(run / "checkpoints") if c.is_file()]:
                 if step // updates >= int(status.get("global_step", 0)):
                     continue  # the final model is evaluated below
-                answers = evaluator.answer(_load_policy_weights(final_policy, ckpt), spec.samples_per_prompt)
+                policy = _load_policy_weights(final_policy, ckpt, stage.config.policy)
+                answers = evaluator.answer(policy, spec.samples_per_prompt)
                 elapsed = ckpt.stat().st_mtime - started if started else None
                 points.append(
                     evaluator.point(

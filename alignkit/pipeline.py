@@ -10,12 +10,13 @@ stages:
         reward: {source: {kind: model, model: {from_stage: rm}}}, data: ...}
 ```
 
-`{from_stage: S}` (optionally with `output: SECTION`) becomes `{path: <S's run>/hf/<section>}`: the Hugging
-Face export of what stage S trained. Each stage is an ordinary experiment config, validated as one, and runs
-as `alignkit run` of its resolved config in its own process (so its wall time and peak memory are its own),
-into `<logging.root>/<pipeline name>/<stage>/version_N`. A stage whose latest finished run has the same
-resolved config (upstream run paths included) is reused; one whose run stopped unfinished resumes from its
-last checkpoint; any other is run afresh, and so is everything downstream of it, because its path changes.
+`{from_stage: S}` (optionally with `output: SECTION`) becomes `{path: <S's run>/hf/<section>}`: the Hugging Face
+export of what stage S trained (merged, when it trained LoRA adapters; `output: policy_adapter` reads the adapter,
+which a model section loads onto its base). Each stage is an ordinary experiment config, validated as one, and
+runs as `alignkit run` of its resolved config in its own process (so its wall time and peak memory are its own),
+into `<logging.root>/<pipeline name>/<stage>/version_N`. A stage whose latest finished run has the same resolved
+config (upstream run paths included) is reused; one whose run stopped unfinished resumes from its last checkpoint;
+any other is run afresh, and so is everything downstream of it, because its path changes.
 """
 
 from __future__ import annotations
@@ -58,6 +59,13 @@ IGNORED = (
 )
 PENDING = "<not run yet>"
 SEED_DIR = "seed_{}"
+
+
+def outputs(stage: Stage) -> list[str]:
+    """What a stage exports for `from_stage` to read: each model it trains (merged, when it trains adapters), and
+    `<section>_adapter` for each one that trains LoRA adapters (the adapter alone, in PEFT's format)."""
+    adapted = [s for s in stage.trained if isinstance(stage.raw.get(s), dict) and stage.raw[s].get("lora")]
+    return [*stage.trained, *(f"{s}_adapter" for s in adapted)]
 
 
 def is_pipeline(path: str | Path) -> bool:
@@ -501,8 +509,8 @@ def load_pipeline(path: str | Path, overrides: Sequence[str] = ()) -> Pipeline:
                 problems.append(Problem(at, "a stage cannot read its own output"))
             elif not stages[target].trained:
                 problems.append(Problem(at, f"stage '{target}' ({stages[target].algorithm}) exports no model"))
-            elif ref.get("output") is not None and ref["output"] not in stages[target].trained:
-                allowed = ", ".join(stages[target].trained)
+            elif ref.get("output") is not None and ref["output"] not in outputs(stages[target]):
+                allowed = ", ".join(outputs(stages[target]))
                 problems.append(
                     Problem(
                         f"stages.{stage.name}.{ref_path}.output",

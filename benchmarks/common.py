@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import tempfile
 import time
@@ -13,10 +14,16 @@ from typing import Any
 from transformers import Trainer, TrainerCallback
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
+# glibc's malloc keeps freed blocks below its mmap threshold (128 KB, raised adaptively up to 32 MB) for reuse, so
+# a CPU process's peak RSS also counts memory it had freed; with every block over 64 KB its own mapping, returned
+# to the system when freed, peak RSS follows the tensors alive at the peak (and allocation costs more time).
+EXACT_MEMORY = {"MALLOC_MMAP_THRESHOLD_": "65536"}
 
-def run_worker(cmd: Sequence[str], name: str) -> dict[str, Any]:
-    """Run one worker process (so that its peak memory is its own) and return the JSON of its last line."""
-    proc = subprocess.run(list(cmd), capture_output=True, text=True)
+
+def run_worker(cmd: Sequence[str], name: str, env: dict[str, str] | None = None) -> dict[str, Any]:
+    """Run one worker process (so that its peak memory is its own) and return the JSON of its last line; `env`
+    adds to the environment (EXACT_MEMORY)."""
+    proc = subprocess.run(list(cmd), capture_output=True, text=True, env={**os.environ, **(env or {})})
     if proc.returncode != 0:
         raise RuntimeError(f"{name} worker failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -122,3 +129,19 @@ class StepClock(TrainerCallback):
 
     def on_step_end(self, args, state, control, **kwargs):
         self.ends.append(time.perf_counter())
+
+
+def peft_config(lora: dict[str, Any] | None) -> Any:
+    """PEFT's LoraConfig for a TRL trainer from alignkit's `lora` keys (rank, alpha, dropout, target_modules), or
+    None: the same adapters on both sides of a comparison."""
+    if lora is None:
+        return None
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=lora["rank"],
+        lora_alpha=lora["alpha"],
+        lora_dropout=lora["dropout"],
+        target_modules=lora.get("target_modules", "all-linear"),
+        task_type="CAUSAL_LM",
+    )

@@ -6,12 +6,13 @@
 Rungs, each adding to the one before: `plain` (the [tokens x vocabulary] logits, `trainer.chunked_logprobs:
 false`), `chunked` (the LM head in chunks, completion positions only: alignkit/ops/lm_head.py), `+padding-free`
 (each micro-batch one packed row: `trainer.padding_free`), `+shared prompts` (a pair's or group's prompt run once:
-`trainer.shared_prompts`, alignkit/ops/layout.py), `+checkpointing` (`hardware.activation_checkpointing`); then
-TRL's SFTTrainer, DPOTrainer and GRPOTrainer on the same weights, tokens (prompts), order, batch, reward and
-optimizer (the `bench` extra), padded and, for SFT, with its own `padding_free`. Every run is its own process, so
-its peak memory (RSS on CPU, CUDA memory on a GPU) is its own; all start from the same saved weights and see the
-same data, so their first losses must agree, and the table shows them. Throughput is from the end of step 1 to
-the end of the last step.
+`trainer.shared_prompts`, alignkit/ops/layout.py), `+checkpointing` (`hardware.activation_checkpointing`); for DPO
+and GRPO `LoRA` (the chunked rung with `policy.lora`, rank 16 on every linear layer) and `LoRA +checkpointing`;
+then TRL's SFTTrainer, DPOTrainer and GRPOTrainer on the same weights, tokens (prompts), order, batch, reward and
+optimizer (the `bench` extra), padded and, for SFT, with its own `padding_free`, for DPO and GRPO also with the
+same LoRA adapters (PEFT). Every run is its own process, so its peak memory (RSS on CPU, CUDA memory on a GPU) is
+its own; all start from the same saved weights and see the same data, so their first losses must agree, and the
+table shows them. Throughput is from the end of step 1 to the end of the last step.
 
 `useful GFLOP/s` counts the work every row must do alike (`useful_flops`: 2 FLOPs per parameter and token in a
 forward, 6 in a trained forward and backward; the body on every real token of the unshared sequences, the head
@@ -30,7 +31,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from common import loader_order, run_worker, save_preset_model, train_alignkit
+from common import EXACT_MEMORY, loader_order, run_worker, save_preset_model, train_alignkit
 
 # Each rung's settings, cumulative: a rung keeps every saving of the rungs above it.
 RUNGS: dict[str, dict[str, Any]] = {
@@ -43,7 +44,19 @@ RUNGS: dict[str, dict[str, Any]] = {
         "hardware": {"activation_checkpointing": True},
     },
 }
-TRL_RUNGS = {"sft": ["TRL", "TRL padding_free"], "dpo": ["TRL"], "grpo": ["TRL"]}
+# LoRA through PEFT (rank 16 on every linear layer of the body) over the `chunked` rung's settings: adapters train,
+# the reference is the policy with them off; beside TRL with the same PEFT adapters.
+LORA = {"rank": 16, "alpha": 32, "dropout": 0.0, "target_modules": "all-linear"}
+LORA_RUNGS = {
+    "LoRA": {"trainer": {"padding_free": False}, "policy": {"lora": LORA}},
+    "LoRA +checkpointing": {
+        "trainer": {"padding_free": False},
+        "policy": {"lora": LORA},
+        "hardware": {"activation_checkpointing": True},
+    },
+}
+TRL_RUNGS = {"sft": ["TRL", "TRL padding_free"], "dpo": ["TRL", "TRL LoRA"], "grpo": ["TRL", "TRL LoRA"]}
+EXTRA_RUNGS = {"sft": [], "dpo": [*LORA_RUNGS], "grpo": [*LORA_RUNGS]}
 GRPO_KL, TARGET_CHARS = 0.04, 64  # alignkit's GRPO default kl_coef (TRL's beta); the length_target reward's target
 LR = 1e-4
 UNITS = {"sft": "sequences", "dpo": "pairs", "grpo": "prompts"}
@@ -74,11 +87,11 @@ def config(args: argparse.Namespace, algorithm: str, rung: str, root: str) -> di
     algo: dict[str, Any] = {"name": algorithm}
     if algorithm == "grpo":
         algo |= {"samples_per_prompt": 4, "max_new_tokens": 32, "kl_coef": GRPO_KL, "update_epochs": 1}
-    extra = RUNGS[rung]
+    extra = {**RUNGS, **LORA_RUNGS}[rung]
     return {
         "name": f"ladder_{algorithm}",
         "algorithm": algo,
-        "policy": {"path": args.model_dir},
+        "policy": {"path": args.model_dir, **extra.get("policy", {})},
         # a rule TRL's GRPOTrainer computes the same way (benchmarks/trl_grpo.py)
         **(
             {"reward": {"source": {"kind": "rule", "name": "length_target", "args": {"target": TARGET_CHARS}}}}
@@ -143,6 +156,7 @@ def worker_trl(args: argparse.Namespace) -> dict[str, Any]:
             beta=GRPO_KL,
             lr=LR,
             target=TARGET_CHARS,
+            lora=LORA if "LoRA" in args.rung else None,
         )
         out = {"first_loss": trl["first_loss"], "per_s": args.batch / trl["s_per_step"], "peak_mb": trl["peak_mem_mb"]}
     elif args.algorithm == "sft":
@@ -165,7 +179,8 @@ def worker_trl(args: argparse.Namespace) -> dict[str, Any]:
                     "rejected_input_ids": row["rejected_input_ids"][cut:],
                 }
             )
-        trl = run_trl_dpo(args.model_dir, pairs, steps=args.steps, batch_size=args.batch, beta=0.1, lr=LR)
+        lora = LORA if "LoRA" in args.rung else None
+        trl = run_trl_dpo(args.model_dir, pairs, steps=args.steps, batch_size=args.batch, beta=0.1, lr=LR, lora=lora)
         out = {"first_loss": trl["first_loss"], "per_s": trl["samples_per_s"], "peak_mb": trl["peak_rss_mb"]}
     return {**out, "wall_s": time.perf_counter() - start}
 
@@ -217,6 +232,12 @@ def main() -> None:
         default=0,
         help="DPO: this many words of context before each prompt (long shared prompts; raise --seq to fit them)",
     )
+    p.add_argument(
+        "--exact-memory",
+        action="store_true",
+        help="CPU: peak RSS of live tensors, not of memory glibc keeps after freeing it (slower: read speeds from "
+        "runs without this)",
+    )
     p.add_argument("--pairs-file", help=argparse.SUPPRESS)
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--algorithm", help=argparse.SUPPRESS)
@@ -243,18 +264,19 @@ def main() -> None:
             f"model {args.preset} ({params / 1e6:.1f}M parameters, vocabulary {vocab:,}), {args.steps} steps x "
             f"{args.batch}, max_length {args.seq}, hardware {args.hardware}; float32 matmul {peak / 1e9:.0f} GFLOP/s"
             + (f"; DPO prompts with {args.prompt_words} words of context" if args.prompt_words else "")
+            + ("; exact memory (MALLOC_MMAP_THRESHOLD_=65536)" if args.exact_memory else "")
         )
         for algorithm in args.algorithms.split(","):
             flops = useful_flops(args, algorithm, body, head) if algorithm != "grpo" else None
-            rungs = [*RUNGS, *TRL_RUNGS[algorithm]]
+            rungs = [*RUNGS, *EXTRA_RUNGS[algorithm], *TRL_RUNGS[algorithm]]
             for rung in [r for r in rungs if args.rungs is None or r in args.rungs.split(",")]:
                 cmd = [sys.executable, __file__, "--worker", "--algorithm", algorithm, "--rung", rung]
                 cmd += ["--model-dir", args.model_dir, "--steps", str(args.steps), "--batch", str(args.batch)]
                 cmd += ["--seq", str(args.seq), "--hardware", args.hardware]
                 cmd += ["--pairs-file", args.pairs_file] if args.pairs_file else []
-                out = run_worker(cmd, f"{algorithm} {rung}")
+                out = run_worker(cmd, f"{algorithm} {rung}", env=EXACT_MEMORY if args.exact_memory else None)
                 share = ""
-                if flops:
+                if flops and "LoRA" not in rung:  # (a LoRA backward skips the frozen weights' gradients)
                     rate = out["per_s"] * flops
                     share = f"  useful {rate / 1e9:6.1f} GFLOP/s = {rate / peak:5.1%} of matmul"
                 print(

@@ -24,7 +24,7 @@ import resource
 import tempfile
 from typing import Any
 
-from common import OfflineMixin, StepClock, alignkit_like_args, quiet
+from common import OfflineMixin, StepClock, alignkit_like_args, peft_config, quiet
 from datasets import Dataset
 from transformers import PreTrainedModel
 from trl import DPOConfig, DPOTrainer
@@ -65,6 +65,7 @@ def make_trainer(
     precompute_ref: bool = False,
     seed: int = 0,
     ref_model: PreTrainedModel | None = None,
+    lora: dict[str, Any] | None = None,
 ) -> tuple[_PretokenizedDPOTrainer, StepClock]:
     """The configured trainer and its step clock; `run_trl_dpo` trains it. `ref_model` exists for tests."""
     if not rows:
@@ -100,6 +101,8 @@ def make_trainer(
         # scores the dataset with the policy before training (dpo_trainer.py:909-914, 1013-1018, 1168-1241).
         model=model_dir,
         ref_model=ref_model,
+        # LoRA through PEFT, TRL's way: its reference is then the policy with the adapter disabled
+        peft_config=peft_config(lora),
         args=args,
         train_dataset=dataset,
         processing_class=tokenizer,
@@ -120,6 +123,7 @@ def run_trl_dpo(
     lr: float,
     precompute_ref: bool = False,
     seed: int = 0,
+    lora: dict[str, Any] | None = None,
 ) -> dict:
     """Train `steps` DPO steps with TRL on `rows` in order; return the first loss and the steady-state speed.
 
@@ -149,6 +153,7 @@ def run_trl_dpo(
             output_dir=out,
             precompute_ref=precompute_ref,
             seed=seed,
+            lora=lora,
         )
         trainer.train()
     first_loss = _logged_loss(trainer.state.log_history, step=1)

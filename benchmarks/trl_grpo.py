@@ -35,7 +35,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from common import OfflineMixin, StepClock, alignkit_like_args, quiet
+from common import OfflineMixin, StepClock, alignkit_like_args, peft_config, quiet
 from datasets import Dataset
 from trl import GRPOConfig, GRPOTrainer
 
@@ -63,6 +63,7 @@ def make_trainer(
     seed: int = 0,
     use_cpu: bool = True,
     bf16: bool = False,
+    lora: dict[str, Any] | None = None,
 ) -> tuple[_OfflineGRPOTrainer, StepClock]:
     """The configured trainer and its step clock; `run_trl_grpo` trains it. Prompts are used in the given order."""
     if len(prompts) < prompts_per_step * steps:
@@ -98,6 +99,8 @@ def make_trainer(
     trainer = _OfflineGRPOTrainer(
         model=model_dir,
         reward_funcs=[length_target_reward],
+        # LoRA through PEFT, TRL's way: its reference is then the policy with the adapter disabled
+        peft_config=peft_config(lora),
         args=args,
         train_dataset=Dataset.from_dict({"prompt": list(prompts[: prompts_per_step * steps])}),
         processing_class=tokenizer,

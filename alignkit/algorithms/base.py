@@ -38,6 +38,16 @@ def take_rows(batch: dict[str, Tensor], rows: Tensor) -> dict[str, Tensor]:
     return out
 
 
+def disable_dropout(model: nn.Module) -> None:
+    """Every dropout of `model` to 0: its nn.Dropout modules and the attention dropout transformers keeps as a
+    number (`attention_dropout`); LoRA's adapter dropout (`lora.dropout`, set on purpose) is left as it is."""
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Dropout) and "lora_dropout" not in name:
+            module.p = 0.0
+        if isinstance(getattr(module, "attention_dropout", None), float):
+            module.attention_dropout = 0.0
+
+
 def mark_forward_options(model: nn.Module, trainer: Any) -> None:
     """Mark every transformers model inside `model` (a reward wrapper holds one) with the run's choices of how
     log-probs and values are computed, read wherever they are taken (ops.lm_head.lean_supported, layout_options)."""
@@ -70,6 +80,12 @@ class AlignModule(L.LightningModule):
                 model.requires_grad_(False)
             mark_forward_options(model, cfg.trainer)
             setattr(self, section, model)
+        for section in self.card.trained:
+            if section in models and cfg.trainer.disable_dropout:
+                disable_dropout(models[section])
+        # transformers returns models in eval mode and Lightning keeps the mode it is given: trained models train
+        # (activation checkpointing and any dropout act only then), frozen ones stay in eval mode (self.train)
+        self.train()
         self._configured = False
         self.last_eval_step = -1
         self.step_metrics: dict[str, Tensor | float] | None = None
@@ -138,7 +154,8 @@ class AlignModule(L.LightningModule):
         return [s for s in self.card.models if s not in self.card.trained and hasattr(self, s)]
 
     def train(self, mode: bool = True) -> AlignModule:
-        # Lightning switches the whole system to train mode each epoch; frozen models stay in eval mode.
+        # the system's mode is its trained models' (Lightning keeps it, restoring it after each evaluation);
+        # frozen models stay in eval mode whatever it is
         super().train(mode)
         for section in self.frozen:
             getattr(self, section).eval()

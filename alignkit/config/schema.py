@@ -108,6 +108,12 @@ class TrainerSpec(Spec):
         description="torch's deterministic algorithms (through Lightning): the same seed on the same machine and "
         "software gives the same weights. Another CPU or GPU model still rounds differently: compare with seeds.",
     )
+    disable_dropout: bool = Field(
+        True,
+        description="Set the dropout of the trained models to 0 (their nn.Dropout modules and attention dropout; not "
+        "LoRA's own `lora.dropout`), as TRL does for its preference and RL trainers: with dropout, the policy's "
+        "log-probs and those of its reference or old self differ by noise. false: each model's own dropout.",
+    )
     eval_every_n_steps: int | None = Field(
         None, gt=0, description="Evaluate on the held-out split every N optimizer steps (default: each epoch end)."
     )

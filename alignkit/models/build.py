@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -63,12 +64,35 @@ def model_config(spec: ModelSpec, tokenizer: PreTrainedTokenizerBase, **extra: A
     )
 
 
+def adapter_base(path: str) -> str | None:
+    """The base model a LoRA adapter directory (PEFT's adapter_config.json) was trained on, or None when `path`
+    is no adapter. Raises when the base cannot be loaded (it was built from `architecture`, so never saved)."""
+    config = Path(path) / "adapter_config.json"
+    if not config.is_file():
+        return None
+    base = json.loads(config.read_text()).get("base_model_name_or_path")
+    if not base:
+        raise ValueError(
+            f"path: {path} is a LoRA adapter whose base model was built from `architecture` (random weights, never "
+            "saved), so it cannot be loaded onto it; read the merged model instead (the stage's hf/<section>/, "
+            "from_stage without `output: <section>_adapter`)"
+        )
+    return str(base)
+
+
 def _build(auto_class: Any, spec: ModelSpec, tokenizer: PreTrainedTokenizerBase, **extra: Any) -> PreTrainedModel:
     load = {"dtype": DTYPES[spec.dtype], "attn_implementation": spec.attn_implementation}
     # Seeded inside a forked RNG: identical weights for one seed, and the caller's RNG stream untouched.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(spec.init_seed)
-        if spec.path is not None:
+        if spec.path is not None and (base := adapter_base(spec.path)) is not None:
+            from peft import PeftModel
+
+            # an adapter directory: its base with the adapter merged in (new adapters, if any, go on top)
+            model = auto_class.from_pretrained(base, **load, **extra)
+            model = PeftModel.from_pretrained(model, spec.path).merge_and_unload()
+            model.config._name_or_path = spec.path  # the base a new adapter records: loading it merges this one
+        elif spec.path is not None:
             model = auto_class.from_pretrained(spec.path, **load, **extra)
         else:
             model = auto_class.from_config(model_config(spec, tokenizer, **extra), **load)

@@ -26,7 +26,9 @@ class LoraSpec(Spec):
 
     rank: int = Field(16, gt=0, description="Rank r of each adapter (A: r x in, B: out x r).")
     alpha: float = Field(32.0, gt=0, description="Scale: the adapter's output is multiplied by alpha / rank.")
-    dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the adapter's input (training only).")
+    dropout: float = Field(
+        0.0, ge=0, lt=1, description="Dropout on the adapter's input (training only; PEFT's default 0 keeps no copy)."
+    )
     target_modules: Literal["all-linear"] | list[str] = Field(
         "all-linear",
         description="Which linear layers get adapters: 'all-linear' (every linear layer of the body, not the LM "

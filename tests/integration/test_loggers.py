@@ -252,7 +252,9 @@ def test_a_resumed_run_continues_its_tracker_runs(tmp_path: Path, monkeypatch: p
     assert run_.info.status == "FINISHED"
     assert sorted({m.step for m in client.get_metric_history(run_.info.run_id, "train/loss")}) == [0, 1, 2]
     assert sorted({int(r["step"]) for r in csv_rows(run_dir) if r["train/loss"]}) == [0, 1, 2]
-    assert {p.name.rsplit("-", 1)[1] for p in run_dir.glob("wandb/offline-run-*")} == {ids["wandb"]["id"]}
+    # offline-run-<time>-<id>, and "-1" after it when the resume starts within the same second
+    folders = list(run_dir.glob("wandb/offline-run-*"))
+    assert folders and all(f"-{ids['wandb']['id']}" in p.name for p in folders), folders
 
 
 @pytest.mark.slow

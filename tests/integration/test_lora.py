@@ -19,7 +19,14 @@ from transformers import AutoModelForCausalLM
 from alignkit.algorithms import ALGORITHMS
 from alignkit.config.errors import ConfigError
 from alignkit.config.load import validate_dict
-from alignkit.models import ModelSpec, build_causal_lm, build_scalar_model, byte_tokenizer, load_tokenizer
+from alignkit.models import (
+    ModelSpec,
+    build_causal_lm,
+    build_scalar_model,
+    byte_tokenizer,
+    load_tokenizer,
+    save_hf,
+)
 from alignkit.models.lora import AdaptersOff, apply_lora, peft_model
 from alignkit.models.spec import LoraSpec
 from alignkit.ops.lm_head import completion_logprobs
@@ -150,3 +157,33 @@ def test_the_header_says_what_trains(tmp_path: Path, capsys: pytest.CaptureFixtu
     out = capsys.readouterr().out
     assert "trained in adapters" in out and "reference (the policy with its adapters off)" in out
     assert peft_model(AutoModelForCausalLM.from_pretrained(result.exports["policy"])) is None  # merged: plain
+
+
+def test_an_adapter_directory_loads_as_its_base_with_the_adapter_merged(tmp_path: Path) -> None:
+    """A model section whose path is an exported adapter (a pipeline's `output: policy_adapter`) is the base it
+    was trained on with the adapter merged in: the stage's merged export, in other words."""
+    tok = byte_tokenizer()
+    base = save_hf(build_causal_lm(ModelSpec(**MINIMAL["sft"]["policy"]), tok), tok, tmp_path / "base")
+    result = run(with_lora("sft", tmp_path / "runs", policy={"path": str(base), "lora": LORA}))
+    loaded = build_causal_lm(ModelSpec(path=str(result.exports["policy_adapter"])), tok)
+    merged = AutoModelForCausalLM.from_pretrained(result.exports["policy"])
+    ids = torch.randint(3, 259, (2, 9), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(input_ids=ids).logits, merged(input_ids=ids).logits)
+    built = run(with_lora("sft", tmp_path / "built"))  # its base came from `architecture`: never saved
+    with pytest.raises(ValueError, match="built from `architecture`"):
+        build_causal_lm(ModelSpec(path=str(built.exports["policy_adapter"])), tok)
+
+
+def test_compare_reads_a_lora_checkpoint_as_base_plus_its_adapters(tmp_path: Path) -> None:
+    """`alignkit compare` evaluates saved step checkpoints; a LoRA run's hold the adapters alone, so the policy is
+    rebuilt from its spec and given them: at the last step it is the merged export."""
+    from alignkit.compare import _load_policy_weights
+
+    cfg = with_lora("dpo", tmp_path, checkpoint={"every_n_steps": 3})
+    result = run(cfg)
+    merged = AutoModelForCausalLM.from_pretrained(result.exports["policy"])
+    policy = _load_policy_weights(merged, result.run_dir / "checkpoints" / "step000003.ckpt", cfg.policy)
+    ids = torch.randint(3, 259, (2, 9), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        torch.testing.assert_close(policy(input_ids=ids).logits, merged(input_ids=ids).logits)

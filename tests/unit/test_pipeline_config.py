@@ -104,6 +104,18 @@ def test_problems_name_their_path(write_yaml: WriteYaml, tmp_path: Path, edit: t
     assert expected in str(err.value), str(err.value)
 
 
+def test_an_adapter_is_read_only_from_a_stage_that_trains_one(write_yaml: WriteYaml, tmp_path: Path) -> None:
+    """`output: policy_adapter` is the PEFT adapter beside the merged export, which only LoRA stages write."""
+    text = PIPELINE.replace("from_stage: sft", "from_stage: sft, output: policy_adapter", 1)
+    with pytest.raises(ConfigError) as err:
+        load_pipeline(pipeline_file(write_yaml, tmp_path, text))
+    assert "stage 'sft' trains no 'policy_adapter'; allowed: policy" in str(err.value)
+    assert "policy_adapter" not in str(err.value).split("allowed:")[1]
+    adapted = text.replace(f"policy: {TINY}", f"policy: {TINY[:-1]}, lora: {{rank: 4}}}}", 1)
+    dpo = load_pipeline(pipeline_file(write_yaml, tmp_path, adapted)).stages["dpo"]
+    assert dpo.config.policy.path == str(tmp_path / "runs" / "pipe" / "sft" / PENDING / "hf" / "policy_adapter")
+
+
 def test_compare_section_checked(write_yaml: WriteYaml, tmp_path: Path) -> None:
     text = PIPELINE + (
         "    compare:\n      baseline: sfx\n      runs: [dpo, sft2]\n"
