@@ -142,7 +142,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         at = f" at step {result.global_step}" if result.global_step else ""
         print(f"\nrun finished{at}: {result.run_dir}")
         for section, path in result.exports.items():
-            print(f"  {section} (Hugging Face format): {path}")
+            kind = "LoRA adapter, PEFT format" if section.endswith("_adapter") else "Hugging Face format"
+            print(f"  {section} ({kind}): {path}")
         print(f"  TensorBoard: tensorboard --logdir {result.run_dir.parent}")
         print(f"  full log: {result.run_dir / 'train.log'}")
     return 0
