@@ -104,6 +104,20 @@ class AtomicModelParallelStrategy(ModelParallelStrategy):
         self.barrier("alignkit_checkpoint_renamed")
 
 
+def trained_state_loaded(module: torch.nn.Module, result: Any, strict: bool = True) -> Any:
+    """The incompatible keys of a non-strict `module.load_state_dict` of a checkpoint that holds trained state only
+    (AlignModule.state_dict), less the frozen parameters, which keep the values they were built with; any other
+    key missing, or one unexpected, is an error when `strict`."""
+    frozen = {name for name, p in module.named_parameters(remove_duplicate=False) if not p.requires_grad}
+    missing = [k for k in result.missing_keys if k not in frozen]
+    if strict and (missing or result.unexpected_keys):
+        raise RuntimeError(
+            f"checkpoint does not match the model: missing {missing[:5]}, unexpected "
+            f"{result.unexpected_keys[:5]} (of {len(missing)} and {len(result.unexpected_keys)})"
+        )
+    return type(result)(missing, result.unexpected_keys)
+
+
 def checkpoint_problem(path: Path) -> str | None:
     """Why a checkpoint cannot be trusted ('missing', 'truncated or not a checkpoint', 'corrupt: ...'), or None."""
     if not path.exists():

@@ -230,14 +230,17 @@ def _load_policy_weights(model: Any, ckpt: Path, spec: Any = None) -> Any:
     state = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
     weights = {k.removeprefix("policy."): v for k, v in state.items() if k.startswith("policy.")}
     if spec is not None and spec.lora is not None:
+        from alignkit.checkpoints import trained_state_loaded
         from alignkit.models import build_causal_lm, load_tokenizer
         from alignkit.models.lora import apply_lora
 
         out = apply_lora(build_causal_lm(spec, load_tokenizer(spec)), spec.lora, scalar=False, seed=spec.init_seed)
-        frozen = {name for name, p in out.named_parameters() if not p.requires_grad}
-        result = out.load_state_dict(weights, strict=False)
-        if result.unexpected_keys or set(result.missing_keys) - frozen:
-            raise RuntimeError(f"{ckpt}: its adapters do not match the policy section of the stage's config")
+        try:
+            trained_state_loaded(out, out.load_state_dict(weights, strict=False))
+        except RuntimeError as err:
+            raise RuntimeError(
+                f"{ckpt}: its adapters do not match the policy section of the stage's config: {err}"
+            ) from err
         return out.eval()
     out = copy.deepcopy(model)
     out.load_state_dict(weights)

@@ -10,6 +10,7 @@ from torch import Tensor, nn
 from transformers import get_scheduler
 
 from alignkit.algorithms.configs.base import AlgorithmCard
+from alignkit.checkpoints import trained_state_loaded
 from alignkit.models.lora import AdaptersOff
 from alignkit.ops.budget import equalise, token_budget_chunks
 from alignkit.ops.lm_head import layout_options
@@ -139,15 +140,7 @@ class AlignModule(L.LightningModule):
     def load_state_dict(self, state_dict: Any, strict: bool = True, assign: bool = False) -> Any:
         """A checkpoint of trained state (state_dict above): frozen parameters keep the values they were built
         with; anything else missing or unexpected is an error when `strict`, as usual."""
-        result = super().load_state_dict(state_dict, strict=False, assign=assign)
-        frozen = {name for name, p in self.named_parameters(remove_duplicate=False) if not p.requires_grad}
-        missing = [k for k in result.missing_keys if k not in frozen]
-        if strict and (missing or result.unexpected_keys):
-            raise RuntimeError(
-                f"checkpoint does not match the model: missing {missing[:5]}, unexpected "
-                f"{result.unexpected_keys[:5]} (of {len(missing)} and {len(result.unexpected_keys)})"
-            )
-        return type(result)(missing, result.unexpected_keys)
+        return trained_state_loaded(self, super().load_state_dict(state_dict, strict=False, assign=assign), strict)
 
     @property
     def frozen(self) -> list[str]:

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from alignkit.models.modes import eval_mode
 from alignkit.models.spec import LoraSpec
 
 log = logging.getLogger(__name__)
@@ -68,15 +69,8 @@ def peft_model(model: nn.Module) -> Any:
 def adapters_off(model: nn.Module) -> Any:
     """While inside: `model` computes as its frozen base (adapters skipped, `modules_to_save` originals used),
     in eval mode (no dropout), as a separate frozen copy would; its modes are restored after."""
-    peft = peft_model(model)
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        with peft.disable_adapter():
-            yield
-    finally:
-        for module, mode in modes:
-            module.training = mode
+    with eval_mode(model), peft_model(model).disable_adapter():
+        yield
 
 
 class AdaptersOff(nn.Module):

@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 from transformers import GenerationConfig, PreTrainedTokenizerBase
 
+from alignkit.models.modes import eval_mode
 from alignkit.ops.layout import consecutive_groups
 from alignkit.ops.lm_head import token_logprobs_and_entropy
 from alignkit.ops.logprobs import model_logits, position_ids, token_logprobs
@@ -116,16 +117,14 @@ def generate(
         top_p=top_p,
         greedy=greedy,
     )
-    modes = {m: m.training for m in model.modules()}
     # generate fills every option we leave unset from model.generation_config, which a checkpoint's
     # generation_config.json can set (repetition_penalty, top_k, suppress_tokens, ...): any of those would
     # sample from a distribution other than the one `score` computes.
     saved_config = model.generation_config
     model.generation_config = GenerationConfig()
-    model.eval()
     try:
         # no_grad, not inference_mode: the sequences feed forwards that need gradients later.
-        with torch.no_grad():
+        with eval_mode(model), torch.no_grad():
             sequences = model.generate(
                 input_ids=prompt_ids,
                 attention_mask=prompt_mask,
@@ -137,8 +136,6 @@ def generate(
             )
     finally:
         model.generation_config = saved_config
-        for module, training in modes.items():
-            module.training = training  # each module's own flag: model.train(mode) would flatten a mixed state
     return _rollout(sequences, prompt_mask, eos_token_id, pad_token_id)
 
 
