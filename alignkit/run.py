@@ -128,7 +128,8 @@ def build_models(cfg: Any, algorithm: type[AlignModule], tokenizer: Any = None) 
     policy with its adapters off when it trains LoRA adapters."""
     tokenizer = tokenizer if tokenizer is not None else run_tokenizer(cfg, algorithm)
     models: dict[str, nn.Module] = {}
-    adapters = {s: (getattr(cfg, s) or cfg.policy).lora for s in adapted_sections(cfg)}
+    # each adapted section's spec: its own, or the policy's for a section left out
+    adapters = {s: getattr(cfg, s) or cfg.policy for s in adapted_sections(cfg)}
     for section in algorithm.card.models:
         if section == "reward":  # the reward function (rules and frozen reward models), alignkit.rewards
             models[section] = build_reward(cfg.reward, tokenizer)
@@ -144,12 +145,12 @@ def build_models(cfg: Any, algorithm: type[AlignModule], tokenizer: Any = None) 
         build = build_causal_lm if section in CAUSAL_SECTIONS else build_scalar_model
         models[section] = build(spec, tokenizer)
     # adapters go on once every default is built: PPO's critic starts from the policy's weights, before them
-    for section, lora in adapters.items():
+    for section, spec in adapters.items():
         if section == "reference":
             models[section] = AdaptersOff(models["policy"])
         elif section in models:
-            seed = (getattr(cfg, section) or cfg.policy).init_seed
-            models[section] = apply_lora(models[section], lora, scalar=section in SCALAR_SECTIONS, seed=seed)
+            scalar = section in SCALAR_SECTIONS
+            models[section] = apply_lora(models[section], spec.lora, scalar=scalar, seed=spec.init_seed)
     if "reference" in models and "policy" in models:
         # log-ratios compare the two models token by token, so they must share one vocabulary
         sizes = {s: models[s].get_input_embeddings().num_embeddings for s in ("policy", "reference")}
