@@ -130,25 +130,29 @@ class Evaluator:
         import torch
 
         from alignkit.rewards import RewardInputs
-        from alignkit.rollout import generate, score
+        from alignkit.rollout.engine import build_engine
+        from alignkit.rollout.rollout import SamplingParams, score
 
         spec = self.spec
         policy = policy.to(self.device).eval()
+        engine = build_engine(spec.rollout)
+        params = SamplingParams(
+            max_new_tokens=spec.max_new_tokens,
+            eos_token_id=self.tokenizer.eos_token_id,
+            pad_token_id=self.tokenizer.pad_token_id,
+            temperature=spec.temperature,
+            num_samples=num_samples,
+        )
+        # the engine's log-probs are scoring's to float32 rounding, not to a lower precision's
+        reuse = engine.returns_logprobs and spec.rollout.reuse_logprobs is not False
+        reuse = reuse and (spec.rollout.reuse_logprobs is True or next(policy.parameters()).dtype == torch.float32)
         torch.manual_seed(self.sampling_seed)  # every policy of a seed answers with the same random stream
         out: dict[str, list[Any]] = {k: [] for k in ("true", "kl", "rm", "length", "prompt", "response")}
         with torch.no_grad():
             for batch in self.batches:
-                rollout = generate(
-                    policy,
-                    batch["prompt_input_ids"].to(self.device),
-                    batch["prompt_attention_mask"].to(self.device),
-                    max_new_tokens=spec.max_new_tokens,
-                    eos_token_id=self.tokenizer.eos_token_id,
-                    pad_token_id=self.tokenizer.pad_token_id,
-                    temperature=spec.temperature,
-                    num_samples=num_samples,
-                )
-                logps = score(policy, rollout, temperature=spec.temperature)[0]
+                ids, mask = (batch[k].to(self.device) for k in ("prompt_input_ids", "prompt_attention_mask"))
+                rollout = engine.generate(policy, ids, mask, params)
+                logps = rollout.logprobs if reuse else score(policy, rollout, temperature=spec.temperature)[0]
                 ref = score(self.reference, rollout, temperature=spec.temperature)[0]
                 inputs = RewardInputs.from_rollout(self.tokenizer, rollout, batch["metadata"], num_samples)
                 out["true"].append(self.true_reward(inputs)[0].cpu())

@@ -36,6 +36,7 @@ from alignkit.algorithms import ALGORITHMS
 from alignkit.config.base import Spec
 from alignkit.config.errors import ConfigError, Problem, dotted, problems_from_validation, short
 from alignkit.config.load import check_numbers, prepare, read_raw, validate_dict
+from alignkit.config.schema import RolloutSpec
 from alignkit.data.spec import SourceSpec
 from alignkit.registry import did_you_mean
 from alignkit.rewards.spec import RewardSourceSpec
@@ -158,6 +159,9 @@ class CompareSpec(Spec):
         True, description="Also evaluate each compared run's saved step checkpoints: a curve per method."
     )
     micro_batch_size: int = Field(32, ge=1, description="Prompts per generation batch.")
+    rollout: RolloutSpec = Field(
+        default_factory=RolloutSpec, description="The rollout engine that samples every policy's answers."
+    )
     seed: int = Field(
         1234,
         ge=0,

@@ -19,7 +19,8 @@ from alignkit.ops import masked_mean, masked_sum
 from alignkit.ops.layout import consecutive_groups
 from alignkit.ops.rl import aggregate, clipped_policy_loss, kl_penalty
 from alignkit.rewards import RewardInputs
-from alignkit.rollout import Rollout, generate, score
+from alignkit.rollout.engine import build_engine
+from alignkit.rollout.rollout import Rollout, SamplingParams, score
 
 
 def keep_groups_together(order: Tensor, rollout: Rollout) -> Tensor:
@@ -30,6 +31,18 @@ def keep_groups_together(order: Tensor, rollout: Rollout) -> Tensor:
     first = torch.full((int(groups.max()) + 1,), len(order), device=order.device)
     first = first.scatter_reduce(0, groups, torch.arange(len(order), device=order.device), "amin")
     return order[torch.argsort(first[groups] * len(order) + torch.arange(len(order), device=order.device))]
+
+
+def reuses_logprobs(cfg: Any) -> bool:
+    """rollout.reuse_logprobs resolved: `auto` reuses an engine's log-probs where they equal scoring's to float32
+    rounding, i.e. at 32-true precision (autocast rounds a one-token decode step and a full forward differently)
+    and with no dropout (sampling is in eval mode, scoring in train mode)."""
+    choice = cfg.rollout.reuse_logprobs
+    if choice != "auto":
+        return bool(choice)
+    lora = getattr(cfg.policy, "lora", None)
+    no_dropout = cfg.trainer.disable_dropout and (lora is None or lora.dropout == 0)
+    return cfg.hardware.precision == "32-true" and no_dropout
 
 
 class OnlineModule(AlignModule):
@@ -45,14 +58,18 @@ class OnlineModule(AlignModule):
         super().__init__(cfg, models, tokenizer)
         self.automatic_optimization = False  # several optimizer steps per iteration (PPO epochs x minibatches)
         self.last_counts = (0, 0)  # (samples, tokens) of the last iteration on this rank, for PerfMonitor
+        self.engine = build_engine(cfg.rollout)
+        self.weights_changed = False  # since the engine last sampled (engine.load_weights before the next)
+        self.reuse_logprobs = self.engine.returns_logprobs and reuses_logprobs(cfg)
 
     # -- sampling and scoring ------------------------------------------------------------------------
     def sample(self, batch: dict[str, Any], *, greedy: bool = False, num_samples: int | None = None) -> Rollout:
+        """The policy's responses to the batch's prompts, from the run's rollout engine (rollout.engine)."""
         a = self.algo
-        return generate(
-            self.policy,
-            batch["prompt_input_ids"],
-            batch["prompt_attention_mask"],
+        if self.weights_changed:
+            self.engine.load_weights(self.policy)
+            self.weights_changed = False
+        params = SamplingParams(
             max_new_tokens=a.max_new_tokens,
             eos_token_id=self.tokenizer.eos_token_id,
             pad_token_id=self.tokenizer.pad_token_id,
@@ -62,6 +79,14 @@ class OnlineModule(AlignModule):
             num_samples=a.samples_per_prompt if num_samples is None else num_samples,
             synced=self.trainer.world_size > 1,
         )
+        return self.engine.generate(self.policy, batch["prompt_input_ids"], batch["prompt_attention_mask"], params)
+
+    def policy_logps(self, rollout: Rollout) -> Tensor:
+        """The policy's per-token log-probs of its own rollout before any update: the engine's, where they agree
+        with scoring (rollout.reuse_logprobs), else a forward over the samples."""
+        if self.reuse_logprobs and rollout.logprobs is not None:
+            return rollout.logprobs
+        return self.logps_of(self.policy, rollout)
 
     def rewards(self, rollout: Rollout, batch: dict[str, Any], num_samples: int) -> tuple[Tensor, dict[str, Tensor]]:
         """Rewards [N] of a rollout (post-processed as the reward section says) and the reward's metrics."""
@@ -101,7 +126,7 @@ class OnlineModule(AlignModule):
             "batch": batch,
         }
         if self.needs_old_logps or self.algo.updates_per_step() > 1:
-            exp["old_logps"] = self.logps_of(self.policy, rollout)
+            exp["old_logps"] = self.policy_logps(rollout)
         return exp
 
     # -- the iteration -------------------------------------------------------------------------------
@@ -163,6 +188,7 @@ class OnlineModule(AlignModule):
                     self.clip_gradients(opt, gradient_clip_val=self.cfg.trainer.gradient_clip_val)
                 opt.step()
                 sched.step()
+                self.weights_changed = True
         return {k: v / counts_by_key[k] for k, v in sums.items()}
 
     # -- what subclasses define ----------------------------------------------------------------------
@@ -205,7 +231,7 @@ class OnlineModule(AlignModule):
         with torch.no_grad():
             rollout = self.sample(batch, greedy=self.algo.eval_greedy, num_samples=1)
             _, reward_metrics = self.rewards(rollout, batch, 1)
-            logps = self.logps_of(self.policy, rollout)
+            logps = self.policy_logps(rollout)
             ref = self.logps_of(self.reference, rollout)
         metrics = {
             **reward_metrics,

@@ -26,7 +26,7 @@ from alignkit.ops.rl import (
     token_rewards,
     whiten,
 )
-from alignkit.rollout import score
+from alignkit.rollout.rollout import score
 
 
 class PPO(OnlineModule):

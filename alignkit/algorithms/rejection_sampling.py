@@ -11,7 +11,7 @@ from alignkit.algorithms.configs.rejection_sampling import REJECTION_SAMPLING_CA
 from alignkit.algorithms.online import OnlineModule
 from alignkit.ops import masked_mean
 from alignkit.ops.rl import aggregate
-from alignkit.rollout import score
+from alignkit.rollout.rollout import score
 
 
 def best_of_groups(scores: Tensor, k: int, threshold: float | None) -> tuple[Tensor, Tensor, dict[str, Tensor]]:

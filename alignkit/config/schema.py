@@ -15,6 +15,7 @@ from alignkit.config.base import Spec
 from alignkit.data.spec import DataSpec
 from alignkit.models.spec import ModelSpec
 from alignkit.rewards.spec import RewardSpec
+from alignkit.rollout import ENGINES
 
 MODEL_SECTIONS = ("policy", "reference", "critic", "reward_model")
 
@@ -265,6 +266,33 @@ class LoggingSpec(Spec):
         return self
 
 
+class RolloutSpec(Spec):
+    engine: str = Field(
+        "builtin",
+        description="What samples the online algorithms' responses (training, evaluation, compare): builtin "
+        "(alignkit's sampler: one prefill per prompt for its samples, a preallocated KV cache, finished rows leave "
+        "the batch) or hf (transformers' generate, for models the builtin one cannot run).",
+    )
+    compile: Literal["auto"] | bool = Field(
+        "auto",
+        description="builtin: run each decode step as a compiled static-shape graph (torch.compile, CUDA graphs on "
+        "GPU; live rows padded to power-of-two buckets). auto: on CUDA devices only.",
+    )
+    reuse_logprobs: Literal["auto"] | bool = Field(
+        "auto",
+        description="Use the engine's log-probs of the sampled tokens as the policy's old log-probs (PPO, more than "
+        "one update per iteration) instead of scoring the samples again. auto: when they agree with scoring to "
+        "float32 rounding: 32-true precision and dropout off (trainer.disable_dropout).",
+    )
+
+    @field_validator("engine")
+    @classmethod
+    def _registered(cls, name: str) -> str:
+        if name not in ENGINES:
+            raise ValueError(ENGINES.unknown_message(name))
+        return name
+
+
 class CheckpointSpec(Spec):
     every_n_steps: int | None = Field(None, gt=0, description="Save a checkpoint every N optimizer steps.")
     keep: int = Field(2, ge=1, description="How many step checkpoints to keep (last.ckpt is always kept).")
@@ -292,6 +320,9 @@ class ExperimentBase(Spec):
     hardware: HardwareSpec = Field(default_factory=HardwareSpec, description="Devices and parallelism.")
     logging: LoggingSpec = Field(default_factory=LoggingSpec, description="Where runs and their logs go.")
     checkpoint: CheckpointSpec = Field(default_factory=CheckpointSpec, description="Checkpoints, resume, export.")
+    rollout: RolloutSpec = Field(
+        default_factory=RolloutSpec, description="How online algorithms sample responses (the rollout engine)."
+    )
 
     @field_validator("name")
     @classmethod

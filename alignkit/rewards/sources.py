@@ -30,7 +30,7 @@ from alignkit.rewards.spec import (
     RuleSourceSpec,
     WeightedSumSourceSpec,
 )
-from alignkit.rollout import Rollout, decode_prompts, decode_responses
+from alignkit.rollout.rollout import Rollout, decode_prompts, decode_responses
 
 Metrics = dict[str, Tensor]
 

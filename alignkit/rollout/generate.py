@@ -1,212 +1,77 @@
-"""Sampling responses with Hugging Face `generate` and scoring them with the distribution that sampled them."""
+"""The `hf` rollout engine: Hugging Face `generate`, as it samples for any causal LM transformers can run."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
-from transformers import GenerationConfig, PreTrainedTokenizerBase
+from transformers import GenerationConfig
 
 from alignkit.models.modes import eval_mode
-from alignkit.ops.layout import consecutive_groups
-from alignkit.ops.lm_head import token_logprobs_and_entropy
-from alignkit.ops.logprobs import model_logits, position_ids, token_logprobs
-from alignkit.ops.rl import entropy_from_logits
+from alignkit.ops.logprobs import position_ids
+from alignkit.rollout.engine import RolloutEngine
+from alignkit.rollout.rollout import Rollout, SamplingParams, check_prompts, rollout_from_sequences
 
 
-@dataclass
-class Rollout:
-    """Prompts and the responses sampled for them, laid out for one scoring forward pass.
+class HFEngine(RolloutEngine):
+    """transformers' `generate`: every prompt repeated G times, a growing cache, finished rows decoded as
+    padding until the longest stops. Works for every model `generate` supports; returns no log-probs."""
 
-    Each row is its left-padded prompt (P columns) followed by its response, right-padded with the pad id
-    to the longest response of the batch (R <= max_new_tokens columns).
-    """
+    name = "hf"
 
-    sequences: Tensor  # [B, P + R]
-    attention_mask: Tensor  # [B, P + R]: real prompt tokens and response tokens up to and including its EOS
-    response_mask: Tensor  # [B, P + R]: response tokens only, the EOS that ended it included
-    prompt_length: int  # P
-    finished: Tensor  # [B] bool: the response ended with EOS within max_new_tokens
+    def __init__(self, spec: Any = None) -> None:
+        pass
 
-    @property
-    def response_lengths(self) -> Tensor:
-        """[B] float: number of response tokens of each row (its EOS included)."""
-        return self.response_mask.sum(-1).float()
+    def generate(
+        self, model: torch.nn.Module, prompt_ids: Tensor, prompt_mask: Tensor, params: SamplingParams
+    ) -> Rollout:
+        check_prompts(prompt_ids, prompt_mask, params)
+        g = params.num_samples
+        if g > 1:
+            prompt_ids = prompt_ids.repeat_interleave(g, dim=0)
+            prompt_mask = prompt_mask.repeat_interleave(g, dim=0)
+        # generate fills every option we leave unset from model.generation_config, which a checkpoint's
+        # generation_config.json can set (repetition_penalty, top_k, suppress_tokens, ...): any of those would
+        # sample from a distribution other than the one `score` computes.
+        saved_config = model.generation_config
+        model.generation_config = GenerationConfig()
+        try:
+            # no_grad, not inference_mode: the sequences feed forwards that need gradients later.
+            with eval_mode(model), torch.no_grad():
+                sequences = model.generate(
+                    input_ids=prompt_ids,
+                    attention_mask=prompt_mask,
+                    # The positions `model_logits` gives when scoring; transformers 5 infers the same ones from the
+                    # mask, but passing them keeps sampling and scoring agreeing whatever generate infers.
+                    position_ids=position_ids(prompt_mask),
+                    generation_config=_generation_config(params),
+                    synced_gpus=params.synced,
+                )
+        finally:
+            model.generation_config = saved_config
+        return rollout_from_sequences(sequences, prompt_mask, params.eos_token_id, params.pad_token_id)
 
-    def index(self, rows: Tensor | list[int]) -> Rollout:
-        """The rollout of the selected rows, in the given order."""
-        rows = torch.as_tensor(rows, dtype=torch.long, device=self.sequences.device)
-        return Rollout(
-            sequences=self.sequences[rows],
-            attention_mask=self.attention_mask[rows],
-            response_mask=self.response_mask[rows],
-            prompt_length=self.prompt_length,
-            finished=self.finished[rows],
-        )
 
-    def repeat_interleave(self, n: int) -> Rollout:
-        """Every row n times in a row (row i*n + j is copy j of row i), the layout `generate` gives samples."""
-        return self.index(torch.arange(len(self.sequences), device=self.sequences.device).repeat_interleave(n))
-
-
-def _generation_config(
-    *, max_new_tokens: int, eos_token_id: int, pad_token_id: int, temperature: float, top_p: float, greedy: bool
-) -> GenerationConfig:
+def _generation_config(params: SamplingParams) -> GenerationConfig:
     # top_k=0: transformers' global default is top_k=50, which would truncate the distribution that `score`
     # assumes was sampled.
-    sampling = {} if greedy else {"temperature": temperature, "top_p": top_p, "top_k": 0}
+    sampling = {} if params.greedy else {"temperature": params.temperature, "top_p": params.top_p, "top_k": 0}
     return GenerationConfig(
-        max_new_tokens=max_new_tokens,
+        max_new_tokens=params.max_new_tokens,
         min_new_tokens=0,
-        do_sample=not greedy,
+        do_sample=not params.greedy,
         num_beams=1,
         num_return_sequences=1,
-        eos_token_id=eos_token_id,
-        pad_token_id=pad_token_id,
+        eos_token_id=params.eos_token_id,
+        pad_token_id=params.pad_token_id,
         use_cache=True,
         **sampling,
     )
 
 
-def generate(
-    model: torch.nn.Module,
-    prompt_ids: Tensor,
-    prompt_mask: Tensor,
-    *,
-    max_new_tokens: int,
-    eos_token_id: int,
-    pad_token_id: int,
-    temperature: float = 1.0,
-    top_p: float = 1.0,
-    greedy: bool = False,
-    num_samples: int = 1,
-    synced: bool = False,
-) -> Rollout:
-    """Sample `num_samples` responses per left-padded prompt; row i*num_samples + j is sample j of prompt i.
-
-    `greedy` takes the argmax (temperature and top_p ignored); otherwise tokens are drawn from
-    softmax(logits / temperature), cut to the top_p nucleus, with torch's global RNG. `synced` keeps
-    every rank of a sharded (FSDP) model running forwards until all ranks are done; set it when the world
-    size is above 1. The model generates in eval mode and goes back to its previous modes afterwards.
-    """
-    if max_new_tokens < 1 or num_samples < 1:
-        raise ValueError(f"max_new_tokens and num_samples must be >= 1 (got {max_new_tokens} and {num_samples})")
-    if not greedy and (temperature <= 0 or not 0 < top_p <= 1):
-        raise ValueError(
-            f"sampling needs temperature > 0 and 0 < top_p <= 1 (got temperature {temperature}, top_p {top_p}); "
-            "use greedy=True for argmax decoding"
-        )
-    if prompt_ids.shape != prompt_mask.shape or prompt_ids.ndim != 2:
-        raise ValueError(
-            f"prompt_ids and prompt_mask must both be [B, P] (got {prompt_ids.shape}, {prompt_mask.shape})"
-        )
-    if not prompt_mask[:, -1].all():
-        raise ValueError(
-            "prompts must be left-padded with at least one real token each (some rows' last column is padding); "
-            "collate prompts with padding_side='left'"
-        )
-    if num_samples > 1:
-        prompt_ids = prompt_ids.repeat_interleave(num_samples, dim=0)
-        prompt_mask = prompt_mask.repeat_interleave(num_samples, dim=0)
-    config = _generation_config(
-        max_new_tokens=max_new_tokens,
-        eos_token_id=eos_token_id,
-        pad_token_id=pad_token_id,
-        temperature=temperature,
-        top_p=top_p,
-        greedy=greedy,
-    )
-    # generate fills every option we leave unset from model.generation_config, which a checkpoint's
-    # generation_config.json can set (repetition_penalty, top_k, suppress_tokens, ...): any of those would
-    # sample from a distribution other than the one `score` computes.
-    saved_config = model.generation_config
-    model.generation_config = GenerationConfig()
-    try:
-        # no_grad, not inference_mode: the sequences feed forwards that need gradients later.
-        with eval_mode(model), torch.no_grad():
-            sequences = model.generate(
-                input_ids=prompt_ids,
-                attention_mask=prompt_mask,
-                # The positions `model_logits` gives when scoring; transformers 5 infers the same ones from the
-                # mask, but passing them keeps sampling and scoring agreeing whatever generate infers.
-                position_ids=position_ids(prompt_mask),
-                generation_config=config,
-                synced_gpus=synced,
-            )
-    finally:
-        model.generation_config = saved_config
-    return _rollout(sequences, prompt_mask, eos_token_id, pad_token_id)
-
-
-def _rollout(sequences: Tensor, prompt_mask: Tensor, eos_token_id: int, pad_token_id: int) -> Rollout:
-    """Masks recomputed from each response's first EOS; what generate put after it becomes padding."""
-    p = prompt_mask.shape[1]
-    response = sequences[:, p:]
-    is_eos = response == eos_token_id
-    finished = is_eos.any(-1)
-    first_eos = torch.where(finished, is_eos.int().argmax(-1), response.shape[1])
-    steps = torch.arange(response.shape[1], device=response.device)
-    in_response = steps[None, :] <= first_eos[:, None]
-    response = response.masked_fill(~in_response, pad_token_id)
-    prompt_mask = prompt_mask.bool()
-    return Rollout(
-        sequences=torch.cat([sequences[:, :p], response], dim=1),
-        attention_mask=torch.cat([prompt_mask, in_response], dim=1).long(),
-        response_mask=torch.cat([torch.zeros_like(prompt_mask), in_response], dim=1).long(),
-        prompt_length=p,
-        finished=finished,
-    )
-
-
-def score(
-    model: torch.nn.Module, rollout: Rollout, *, temperature: float = 1.0, with_entropy: bool = False
-) -> tuple[Tensor, Tensor | None]:
-    """Per-token log-probs [B, P + R] (float32) of the response tokens under softmax(logits / temperature).
-
-    With `with_entropy`, also the entropy [B, P + R] of the distribution that predicted each response
-    token. Both are 0 off the response. Gradients flow when the caller has them enabled (the policy);
-    wrap the call in torch.no_grad for reference or old log-probs.
-    """
-    if temperature <= 0:
-        raise ValueError(f"temperature must be > 0 (got {temperature})")
-    # The head in chunks, response positions only: no [tokens x vocabulary] logits (ops/lm_head.py); on packed
-    # rows, and with a prompt's samples sharing it, when the run asks (ops/layout.py).
-    groups = consecutive_groups(rollout.sequences[:, : rollout.prompt_length])
-    out = token_logprobs_and_entropy(
-        model, rollout.sequences, rollout.attention_mask, rollout.response_mask, temperature=temperature, groups=groups
-    )
-    if out is not None:
-        return out[0], out[1] if with_entropy else None
-    # Only the logits that predict response tokens (positions P - 1 onwards): a long prompt's logits over
-    # the vocabulary are never materialised.
-    p = rollout.prompt_length
-    width = rollout.sequences.shape[1] - p + 1
-    logits = model_logits(model, rollout.sequences, rollout.attention_mask, keep_last=width)
-    if temperature != 1.0:
-        # Upcast before dividing, as generate does, so bf16 rounding does not differ from the sampler's.
-        logits = logits.float() / temperature
-    response = rollout.response_mask.bool()
-    pad = torch.nn.functional.pad
-    logprobs = pad(token_logprobs(logits, rollout.sequences[:, p - 1 :])[:, 1:], (p, 0)).masked_fill(~response, 0.0)
-    if not with_entropy:
-        return logprobs, None
-    # Entropy at t is that of the distribution at t - 1, the one that predicted token t.
-    entropy = pad(entropy_from_logits(logits[:, :-1]), (p, 0))
-    return logprobs, entropy.masked_fill(~response, 0.0)
-
-
-def decode_responses(tokenizer: PreTrainedTokenizerBase, rollout: Rollout) -> list[str]:
-    """The response text of each row, its EOS and padding removed."""
-    return _decode(tokenizer, rollout.sequences, rollout.response_mask)
-
-
-def decode_prompts(tokenizer: PreTrainedTokenizerBase, rollout: Rollout) -> list[str]:
-    """The prompt text of each row, padding and special tokens removed."""
-    p = rollout.prompt_length
-    return _decode(tokenizer, rollout.sequences[:, :p], rollout.attention_mask[:, :p])
-
-
-def _decode(tokenizer: PreTrainedTokenizerBase, ids: Tensor, mask: Tensor) -> list[str]:
-    rows = [row[keep.bool()].tolist() for row, keep in zip(ids.cpu(), mask.cpu(), strict=True)]
-    return tokenizer.batch_decode(rows, skip_special_tokens=True)
+def generate(model: torch.nn.Module, prompt_ids: Tensor, prompt_mask: Tensor, **params: Any) -> Rollout:
+    """Sample with `generate` (the `hf` engine); `params` are SamplingParams' fields. Row i*G + j is sample j of
+    prompt i. `greedy` takes the argmax; otherwise tokens are drawn from softmax(logits / temperature), cut to the
+    top_p nucleus, with torch's global RNG."""
+    return HFEngine().generate(model, prompt_ids, prompt_mask, SamplingParams(**params))

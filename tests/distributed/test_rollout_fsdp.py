@@ -1,4 +1,5 @@
-"""Rollouts from an FSDP2-sharded policy on two CPU processes (gloo) agree with the unsharded model."""
+"""Rollouts from an FSDP2-sharded policy on two CPU processes (gloo) agree with the unsharded model, for both
+rollout engines, with ranks that finish decoding at different steps."""
 
 from __future__ import annotations
 
@@ -28,7 +29,9 @@ def worker(rank: int, init_method: str) -> None:
     from torch.distributed.fsdp import fully_shard
 
     from alignkit.models import ModelSpec, build_causal_lm, byte_tokenizer
-    from alignkit.rollout import generate, score
+    from alignkit.rollout.generate import generate
+    from alignkit.rollout.rollout import SamplingParams, score
+    from alignkit.rollout.sampler import BuiltinEngine
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=init_method, rank=rank, world_size=WORLD_SIZE)
@@ -55,6 +58,16 @@ def worker(rank: int, init_method: str) -> None:
         assert torch.equal(got.finished, expected.finished)
         # scoring is a plain forward of the sharded model: the same per-token log-probs
         torch.testing.assert_close(score(sharded, got)[0], score(reference, expected)[0], atol=1e-5, rtol=1e-5)
+
+        # The built-in engine, eager and static-shape, G = 2: rank 0 runs out of rows after 3 steps and keeps
+        # making dummy forwards while rank 1 decodes; its rows leave the batch and it prefills each prompt once.
+        expected = generate(reference, batch["input_ids"], batch["attention_mask"], greedy=True, num_samples=2, **kw)
+        params = SamplingParams(greedy=True, num_samples=2, synced=True, **kw)
+        for static in (False, True):
+            got = BuiltinEngine(static=static).generate(sharded, batch["input_ids"], batch["attention_mask"], params)
+            assert torch.equal(got.sequences, expected.sequences), static
+            assert torch.equal(got.finished, expected.finished), static
+            torch.testing.assert_close(got.logprobs, score(reference, expected)[0], atol=1e-5, rtol=0)
     finally:
         dist.destroy_process_group()
 

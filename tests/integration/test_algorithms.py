@@ -88,6 +88,8 @@ def test_algorithm_trains_and_writes_a_complete_run(algorithm: str, tmp_path: Pa
     run_dir = tmp_path / cfg.name / "version_0"
     assert result.run_dir == run_dir and result.global_step == 3
     online = algo.records == "prompt"
+    # online algorithms sample with the default engine, the built-in one (tests/unit/test_sampler.py)
+    assert not online or cfg.rollout.engine == "builtin"
     assert torch.isfinite(torch.tensor(result.metrics["train/loss"]))
 
     # the run describes itself

@@ -10,7 +10,8 @@ from transformers import PreTrainedTokenizerBase
 from alignkit.config.presets import load_preset
 from alignkit.data import tokenize_records
 from alignkit.models import ModelSpec, build_causal_lm, load_tokenizer
-from alignkit.rollout import decode_responses, generate
+from alignkit.rollout.generate import generate
+from alignkit.rollout.rollout import decode_responses
 
 CONVERSATIONS = [
     [{"role": "user", "content": "Say hello."}],

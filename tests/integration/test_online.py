@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -149,3 +150,44 @@ def test_an_online_run_resumes_where_it_stopped(tmp_path: Path, monkeypatch: pyt
     assert resumed.global_step == 4
     assert json.loads((resumed.run_dir / "run.json").read_text())["status"] == "finished"
     assert seen[-2] == pytest.approx(coef_at_crash)  # the first resumed iteration starts from the saved coefficient
+
+
+@pytest.mark.parametrize("reuse", [True, False])
+def test_the_samplers_logprobs_stand_in_for_a_second_policy_forward(reuse: bool, tmp_path: Path) -> None:
+    """PPO needs the old log-probs: with rollout.reuse_logprobs they are the built-in engine's, and equal a
+    scoring pass over the same samples within 1e-5; without, they come from that pass."""
+    cfg = cfg_for("ppo", tmp_path, rollout={"reuse_logprobs": reuse})
+    module_cls = ALGORITHMS.get("ppo").load()
+    models, tok = build_models(cfg, module_cls)
+    module = module_cls(cfg, models, tok)
+    prompts = tok(["reverse: cat =", "reverse: dog sun ="], return_tensors="pt", padding=True, padding_side="left")
+    batch = {"prompt_input_ids": prompts["input_ids"], "prompt_attention_mask": prompts["attention_mask"]}
+
+    class FakeTrainer:
+        world_size = 1
+
+    module._trainer = FakeTrainer()
+    torch.manual_seed(0)
+    exp = module.experience(batch)
+    rollout = exp["rollout"]
+    assert (exp["old_logps"] is rollout.logprobs) == reuse
+    torch.testing.assert_close(exp["old_logps"], module.logps_of(module.policy, rollout), atol=1e-5, rtol=0)
+
+
+def test_reuse_logprobs_auto_needs_float32_and_no_dropout(tmp_path: Path) -> None:
+    from alignkit.algorithms.online import reuses_logprobs
+
+    assert reuses_logprobs(cfg_for("grpo", tmp_path))
+    assert not reuses_logprobs(cfg_for("grpo", tmp_path, hardware={"precision": "bf16-mixed"}))
+    assert not reuses_logprobs(cfg_for("grpo", tmp_path, trainer={"disable_dropout": False}))
+    assert reuses_logprobs(
+        cfg_for("grpo", tmp_path, hardware={"precision": "bf16-mixed"}, rollout={"reuse_logprobs": True})
+    )
+
+
+@pytest.mark.parametrize("algorithm", ["grpo", "remax"])
+def test_online_algorithms_train_with_the_hf_engine_too(algorithm: str, tmp_path: Path) -> None:
+    """The registered algorithms train with the default built-in engine in test_algorithms.py; `hf` is the
+    other engine behind the same seam (ReMax: its greedy baseline goes through it as well)."""
+    result = run(cfg_for(algorithm, tmp_path, rollout={"engine": "hf"}))
+    assert result.global_step == 3 and math.isfinite(result.metrics["train/loss"])

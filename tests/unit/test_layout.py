@@ -13,7 +13,7 @@ from transformers import LlamaConfig, LlamaForSequenceClassification
 from alignkit.models.values import sequence_scores
 from alignkit.ops.layout import common_prefix, consecutive_groups, lay_out, pair_groups
 from alignkit.ops.lm_head import laid_out_plain_logprobs, lean_token_logprobs, token_logprobs_and_entropy
-from alignkit.rollout import Rollout, score
+from alignkit.rollout.rollout import Rollout, score
 
 LAYOUTS = {
     "packed": {"pack": True},

@@ -15,7 +15,7 @@ from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausa
 from alignkit.ops.lm_head import chunked_token_logprobs, lean_supported, lean_token_logprobs, sequence_logprobs
 from alignkit.ops.logprobs import masked_sum, model_logits, token_logprobs
 from alignkit.ops.rl import entropy_from_logits
-from alignkit.rollout import Rollout, score
+from alignkit.rollout.rollout import Rollout, score
 
 SMALL = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4}
 

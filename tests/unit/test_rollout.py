@@ -11,8 +11,9 @@ from transformers import GenerationConfig
 
 from alignkit.models import ARCHITECTURES, ModelSpec, build_causal_lm, byte_tokenizer
 from alignkit.ops import model_logits
-from alignkit.rollout import Rollout, decode_prompts, decode_responses, generate, score
-from alignkit.rollout.generate import _rollout
+from alignkit.rollout.generate import generate
+from alignkit.rollout.rollout import Rollout, decode_prompts, decode_responses, score
+from alignkit.rollout.rollout import rollout_from_sequences as _rollout
 
 PAD, EOS = 0, 2
 PROMPTS = ["a somewhat longer prompt", "hi", "mid length"]  # different lengths: left padding in every batch
