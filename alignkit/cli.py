@@ -15,7 +15,7 @@ from pydantic import BaseModel
 from alignkit.config.errors import ConfigError
 from alignkit.rundir import RunError, is_rank_zero
 
-LIST_KINDS = ("algorithms", "architectures", "datasets", "rewards", "presets")
+LIST_KINDS = ("algorithms", "architectures", "datasets", "rewards", "engines", "presets")
 
 
 def _default(field: Any) -> str:
@@ -237,8 +237,15 @@ def cmd_list(args: argparse.Namespace) -> int:
     from alignkit.data.generators import DATASETS
     from alignkit.models.architectures import ARCHITECTURES
     from alignkit.rewards.rules import REWARDS
+    from alignkit.rollout import ENGINES
 
-    registries = {"algorithms": ALGORITHMS, "architectures": ARCHITECTURES, "datasets": DATASETS, "rewards": REWARDS}
+    registries = {
+        "algorithms": ALGORITHMS,
+        "architectures": ARCHITECTURES,
+        "datasets": DATASETS,
+        "rewards": REWARDS,
+        "engines": ENGINES,
+    }
     for kind in [args.kind] if args.kind else LIST_KINDS:
         print(f"{kind}:")
         if kind == "presets":

@@ -23,9 +23,14 @@ CUDA memory on GPU. The mean response length (tokens, EOS included) over the tim
 because generation time follows it. Each worker runs `--repeats` times, in alternating order; the fastest
 run is kept (noise on a shared machine only ever slows a run down).
 
+GRPO also runs as two variants: `GRPO hf` samples with transformers' `generate` (rollout.engine: hf) instead of
+the built-in engine, and `GRPO shared` adds trainer.shared_prompts (each group's prompt computed once when the
+reference and the policy score the samples).
+
 When `trl` is installed (pip install -e .[bench]), TRL's GRPOTrainer runs the same model, prompts (in the
 order alignkit visits them), reward, group size, lengths, batch layout and optimizer (benchmarks/trl_grpo.py),
-and alignkit GRPO / TRL is printed for completions per second (goal: >= 1) and peak memory.
+and each GRPO worker / TRL is printed for completions per second (goal: >= 1.5 with the built-in engine),
+peak memory and the first iteration's loss (the same computation: 0 up to rounding).
 
 CPU numbers are not GPU numbers: on CPU, peak RSS includes every library the process imported (hundreds of
 MB before any model), and speed depends on how busy the machine's cores are. The ReMax paper's "about half
@@ -47,11 +52,24 @@ from typing import Any
 from common import alternating, loader_order, run_worker, save_preset_model, train_alignkit
 
 ALGORITHMS = ("ppo", "grpo", "remax", "reinforce")
+# GRPO variants beside the default (the built-in rollout engine): `generate` instead, and shared prompts on top
+VARIANTS = {
+    "grpo_hf": ("grpo", {"rollout": {"engine": "hf"}}),
+    "grpo_shared": ("grpo", {"trainer": {"shared_prompts": True}}),
+}
 GRPO_KL = 0.04  # alignkit's GRPO default kl_coef, passed to TRL as beta
 LR, SEED, TARGET_CHARS, MAX_LENGTH = 1e-5, 0, 8, 64
 
 
 def alignkit_config(args: argparse.Namespace, algorithm: str, root: str) -> dict[str, Any]:
+    algorithm, extra = VARIANTS.get(algorithm, (algorithm, {}))
+    cfg = _config(args, algorithm, root)
+    for section, values in extra.items():
+        cfg[section] = {**cfg.get(section, {}), **values}
+    return cfg
+
+
+def _config(args: argparse.Namespace, algorithm: str, root: str) -> dict[str, Any]:
     return {
         "name": f"bench_{algorithm}",
         "algorithm": {
@@ -93,6 +111,7 @@ def worker_alignkit(args: argparse.Namespace) -> dict[str, Any]:
         raise RuntimeError(f"{args.algorithm}: {len(rewards)} iterations logged, expected {args.steps}")
     s_per_iter = (rewards[-1].wall_time - rewards[0].wall_time) / (len(rewards) - 1)
     return {
+        "first_loss": events.Scalars("train/loss")[0].value,
         "s_per_iter": s_per_iter,
         "peak_mem_mb": max(e.value for e in events.Scalars("perf/peak_mem_mb")),
         "mean_length": statistics.fmean(lengths[1:]),
@@ -159,7 +178,7 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=2, help="runs of each worker, in alternating order; best kept")
     p.add_argument("--no-trl", action="store_true", help="skip TRL even if it is installed")
     p.add_argument("--only", help="comma-separated workers to run, e.g. grpo,trl (default: all)")
-    p.add_argument("--worker", choices=[*ALGORITHMS, "trl"], help=argparse.SUPPRESS)
+    p.add_argument("--worker", choices=[*ALGORITHMS, *VARIANTS, "trl"], help=argparse.SUPPRESS)
     p.add_argument("--model-dir", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.steps < 2:
@@ -194,7 +213,7 @@ def main() -> None:
             f"{args.steps} iterations x {args.prompts} prompts x {args.group} samples = {n} completions per "
             f"iteration, max {args.max_new_tokens} new tokens, 1 optimizer step per iteration"
         )
-        workers = [*ALGORITHMS, *(["trl"] if use_trl else [])]
+        workers = [*ALGORITHMS, *VARIANTS, *(["trl"] if use_trl else [])]
         if args.only:
             wanted = args.only.split(",")
             unknown = set(wanted) - set(workers)
@@ -206,9 +225,17 @@ def main() -> None:
             runs.setdefault(worker, []).append(spawn(args, worker))
 
     trained = {a: policy_params for a in workers} | {"ppo": policy_params + critic_params}
-    names = {"ppo": "PPO", "grpo": "GRPO", "remax": "ReMax*", "reinforce": "REINFORCE", "trl": "TRL GRPO"}
+    names = {
+        "ppo": "PPO",
+        "grpo": "GRPO",
+        "remax": "ReMax*",
+        "reinforce": "REINFORCE",
+        "grpo_hf": "GRPO hf",
+        "grpo_shared": "GRPO shared",
+        "trl": "TRL GRPO",
+    }
     print(
-        f"  {'':10s} {'s/iter':>7s} {'compl/s':>8s} {'peak MB':>8s} {'trained':>8s} {'resp len':>8s}  "
+        f"  {'':11s} {'s/iter':>7s} {'compl/s':>8s} {'peak MB':>8s} {'trained':>8s} {'resp len':>8s}  "
         "(s/iter of each repeat)"
     )
     best = {}
@@ -216,7 +243,7 @@ def main() -> None:
         best[worker] = r = min(tries, key=lambda t: t["s_per_iter"])
         spread = ", ".join(f"{t['s_per_iter']:.3f}" for t in tries)
         print(
-            f"  {names[worker]:10s} {r['s_per_iter']:7.3f} {n / r['s_per_iter']:8.1f} {r['peak_mem_mb']:8.0f} "
+            f"  {names[worker]:11s} {r['s_per_iter']:7.3f} {n / r['s_per_iter']:8.1f} {r['peak_mem_mb']:8.0f} "
             f"{trained[worker] / 1e6:7.1f}M {r['mean_length']:8.1f}  ({spread})"
         )
     if "remax" in best:
@@ -230,20 +257,26 @@ def main() -> None:
             f"here ({100 * extra['grpo'] / ppo:.0f}% / {100 * extra['remax'] / ppo:.0f}% of PPO's peak); its "
             f"weights, gradients and AdamW state alone are {16 * critic_params / 2**20:.0f} MB at fp32"
         )
-    if not {"grpo", "trl"} <= set(best):
+    if "trl" not in best or not {"grpo", *VARIANTS} & set(best):
         if not args.no_trl and not use_trl:
             print("(trl is not installed: pip install -e .[bench] to compare with TRL's GRPOTrainer)")
         return
-    a, t = best["grpo"], best["trl"]
-    speed = t["s_per_iter"] / a["s_per_iter"]
-    tokens = speed * a["mean_length"] / t["mean_length"]
+    t = best["trl"]
+    for worker in ("grpo", *VARIANTS):
+        if worker not in best:
+            continue
+        a = best[worker]
+        speed = t["s_per_iter"] / a["s_per_iter"]
+        tokens = speed * a["mean_length"] / t["mean_length"]
+        print(
+            f"alignkit {names[worker]} / TRL GRPO: {speed:.2f}x completions/s, "
+            f"{a['peak_mem_mb'] / t['peak_mem_mb']:.2f}x peak memory, {tokens:.2f}x generated tokens/s; "
+            f"first-iteration loss {a['first_loss']:.2e} vs {t['first_loss']:.2e}; "
+            f"mean completion length {a['mean_length']:.1f} vs {t['mean_length']:.1f} tokens"
+        )
     print(
-        f"alignkit GRPO / TRL GRPO: {speed:.2f}x completions/s (goal >= 1), {a['peak_mem_mb'] / t['peak_mem_mb']:.2f}x "
-        f"peak memory, {tokens:.2f}x generated tokens/s"
-    )
-    print(
-        f"  mean completion length: alignkit {a['mean_length']:.1f}, TRL {t['mean_length']:.1f} tokens "
-        "(a run whose completions are shorter is faster for that reason alone)"
+        "  (GRPO's first loss is 0 up to rounding for both: ratio 1, group-normalised advantages of mean 0, KL 0; "
+        "a run whose completions are shorter is faster for that reason alone)"
     )
 
 

@@ -155,7 +155,8 @@ class OnlineModule(AlignModule):
 
     def update(self, exp: dict[str, Any], loss_fn: Any = None) -> dict[str, Tensor]:
         """update_epochs passes x num_minibatches optimizer steps over the iteration's samples, with
-        `loss_fn(exp, rows, counts)` (default: the algorithm's loss)."""
+        `loss_fn(exp, rows, counts)` (default: the algorithm's loss); returns the means of its metrics over the
+        micro-batches, and `loss`, the mean over optimizer steps of the loss each minimised."""
         loss_fn = loss_fn or self.loss
         opt, sched = self.optimizers(), self.lr_schedulers()
         world = self.trainer.world_size
@@ -177,13 +178,19 @@ class OnlineModule(AlignModule):
                 if world > 1:
                     counts = self.all_gather(counts).sum(0)
                 opt.zero_grad()
+                minibatch_loss = torch.zeros((), device=mask.device)
                 for rows in self.micro_batches(minibatch, exp["rollout"]):
                     loss, metrics = loss_fn(exp, rows, {"tokens": counts[0], "sequences": counts[1], "epoch": epoch})
                     # DDP and FSDP average gradients over ranks; the shares already sum to the whole
                     self.manual_backward(loss * world)
+                    minibatch_loss += loss.detach().float() * world
                     for k, v in metrics.items():
                         sums[k] = sums.get(k, 0.0) + v.detach().float()
                         counts_by_key[k] = counts_by_key.get(k, 0) + 1
+                # train/loss: the objective this step minimised, the micro-batches' shares summed (this rank's
+                # shares x the number of ranks: the whole minibatch's loss when ranks hold alike samples)
+                sums["loss"] = sums.get("loss", 0.0) + minibatch_loss
+                counts_by_key["loss"] = counts_by_key.get("loss", 0) + 1
                 if self.cfg.trainer.gradient_clip_val:
                     self.clip_gradients(opt, gradient_clip_val=self.cfg.trainer.gradient_clip_val)
                 opt.step()
@@ -213,7 +220,6 @@ class OnlineModule(AlignModule):
         norm = {"num_tokens": counts["tokens"], "num_sequences": counts["sequences"], "max_len": a.max_new_tokens}
         loss = aggregate(per_token, mask, a.loss_aggregation, **norm)
         metrics = {
-            "loss": masked_mean(per_token.detach(), mask),
             "policy/clipfrac": pg_metrics["clipfrac"],
             "policy/approx_kl": pg_metrics["approx_kl"],
             "entropy": masked_mean(entropy.detach(), mask),

@@ -103,7 +103,6 @@ class PPO(OnlineModule):
         norm = {"num_tokens": counts["tokens"], "num_sequences": counts["sequences"], "max_len": mask.shape[1]}
         loss = aggregate(total, mask, "token_mean", **norm)
         metrics = {
-            "loss": masked_mean(total.detach(), mask),
             "policy/loss": masked_mean(pg.detach(), mask),
             "policy/clipfrac": pg_metrics["clipfrac"],
             "policy/approx_kl": pg_metrics["approx_kl"],

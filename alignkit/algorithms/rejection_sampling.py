@@ -39,7 +39,7 @@ def sft_on_kept(
     nll = -logps * exp["weights"][rows][:, None]
     norm = {"num_tokens": counts["tokens"], "num_sequences": counts["sequences"], "max_len": mask.shape[1]}
     loss = aggregate(nll, mask, "token_mean", **norm)
-    return loss, {"loss": masked_mean(nll.detach(), mask), "entropy": masked_mean(entropy.detach(), mask)}
+    return loss, {"entropy": masked_mean(entropy.detach(), mask)}
 
 
 class RejectionSampling(OnlineModule):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from conftest import make_bigram
 from datasets import Dataset
@@ -10,8 +11,9 @@ from transformers import PreTrainedTokenizerBase
 from alignkit.config.presets import load_preset
 from alignkit.data import tokenize_records
 from alignkit.models import ModelSpec, build_causal_lm, load_tokenizer
-from alignkit.rollout.generate import generate
-from alignkit.rollout.rollout import decode_responses
+from alignkit.rollout.generate import HFEngine
+from alignkit.rollout.rollout import SamplingParams, decode_responses
+from alignkit.rollout.sampler import BuiltinEngine
 
 CONVERSATIONS = [
     [{"role": "user", "content": "Say hello."}],
@@ -30,9 +32,10 @@ def bigram_model(spec: ModelSpec, tok: PreTrainedTokenizerBase, successor: dict[
     return make_bigram(model, successor)
 
 
-def test_a_chat_rollout_stops_at_im_end_and_matches_the_trained_tokens() -> None:
+@pytest.mark.parametrize("engine", [HFEngine(), BuiltinEngine()], ids=["hf", "builtin"])
+def test_a_chat_rollout_stops_at_im_end_and_matches_the_trained_tokens(engine) -> None:
     """Every ChatML generation prompt ends in "assistant" + "\\n"; the model then writes "hello", " world",
-    <|im_end|>, and would go on ("hello" again) if generate did not stop at the EOS."""
+    <|im_end|>, and would go on ("hello" again) if the engine did not stop at the EOS."""
     # the preset untied: the bigram needs its own LM head
     spec = ModelSpec(**{**load_preset("models", "tiny-qwen2-bpe"), "tie_embeddings": False})
     tok = load_tokenizer(spec)
@@ -46,9 +49,8 @@ def test_a_chat_rollout_stops_at_im_end_and_matches_the_trained_tokens() -> None
     batch = tok(texts, return_tensors="pt", padding=True)
     ids, mask = batch["input_ids"], batch["attention_mask"]
     assert (ids[:, -1] == newline).all() and not mask.all()  # the prompts differ in length: left padding
-    rollout = generate(
-        model, ids, mask, max_new_tokens=8, eos_token_id=im_end, pad_token_id=tok.pad_token_id, greedy=True
-    )
+    params = SamplingParams(max_new_tokens=8, eos_token_id=im_end, pad_token_id=tok.pad_token_id, greedy=True)
+    rollout = engine.generate(model, ids, mask, params)
     p = rollout.prompt_length
     assert rollout.sequences[:, p:].tolist() == [[hello, world, im_end]] * 2  # stopped 5 tokens early
     assert rollout.response_mask[:, p:].tolist() == [[1, 1, 1]] * 2 and rollout.finished.all()

@@ -191,3 +191,15 @@ def test_online_algorithms_train_with_the_hf_engine_too(algorithm: str, tmp_path
     other engine behind the same seam (ReMax: its greedy baseline goes through it as well)."""
     result = run(cfg_for(algorithm, tmp_path, rollout={"engine": "hf"}))
     assert result.global_step == 3 and math.isfinite(result.metrics["train/loss"])
+
+
+def test_train_loss_is_the_objective_grpo_starts_at_zero(tmp_path: Path) -> None:
+    """train/loss is what the optimizer step minimised. GRPO's first one is 0 up to rounding: ratio 1, each
+    group's advantages sum to 0 (seq_mean_token_mean weighs responses alike), and the KL to a reference equal to
+    the policy is 0; micro-batches of 1 change nothing (their shares add up)."""
+    losses = []
+    for micro in (4, 1):
+        cfg = cfg_for("grpo", tmp_path / str(micro), trainer={"max_steps": 1, "micro_batch_size": micro})
+        result = run(cfg)
+        losses.append(EventAccumulator(str(result.run_dir)).Reload().Scalars("train/loss")[0].value)
+    assert losses == pytest.approx([0.0, 0.0], abs=1e-6)

@@ -17,6 +17,7 @@ from alignkit.config.presets import list_presets
 from alignkit.data.generators import DATASETS
 from alignkit.models import ARCHITECTURES
 from alignkit.rewards import REWARDS
+from alignkit.rollout import ENGINES
 
 WriteYaml = Callable[[str, str], Path]
 EXPERIMENT = """
@@ -95,7 +96,7 @@ def test_list_everything(capsys: pytest.CaptureFixture[str]) -> None:
     out = capsys.readouterr().out
     for kind in LIST_KINDS:
         assert f"\n{kind}:\n" in f"\n{out}"
-    for registry in (ALGORITHMS, ARCHITECTURES, DATASETS, REWARDS):
+    for registry in (ALGORITHMS, ARCHITECTURES, DATASETS, REWARDS, ENGINES):
         for name, description in registry.describe():
             assert f"  {name:24s} {description}\n" in out
     for group in ("models", "datasets", "hardware"):
