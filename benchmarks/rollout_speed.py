@@ -2,6 +2,7 @@
 
     python benchmarks/rollout_speed.py                                   # small-llama, CPU, 8 prompts x 4 samples
     python benchmarks/rollout_speed.py --preset qwen2-90m-vocab          # a real vocabulary (151,936)
+    python benchmarks/rollout_speed.py --compiled                        # also torch.compile's decode step on CPU
     python benchmarks/rollout_speed.py --preset qwen25-05b-like --device cuda --dtype bfloat16 --prompts 64 \\
         --group 8 --max-new-tokens 256                                   # on a GPU: also the compiled decode step
 
@@ -31,9 +32,9 @@ from alignkit.rollout.rollout import SamplingParams
 from alignkit.rollout.sampler import BuiltinEngine
 
 
-def engines(device: torch.device) -> dict[str, Any]:
+def engines(device: torch.device, compiled: bool) -> dict[str, Any]:
     out: dict[str, Any] = {"hf": HFEngine(), "builtin": BuiltinEngine(RolloutSpec(compile=False))}
-    if device.type == "cuda":
+    if compiled:
         out["builtin compiled"] = BuiltinEngine(RolloutSpec(compile=True))
     return out
 
@@ -48,6 +49,9 @@ def main() -> None:
     p.add_argument("--max-new-tokens", type=int, default=32)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--greedy", action="store_true", help="argmax decoding: both engines produce the same tokens")
+    p.add_argument(
+        "--compiled", action="store_true", help="also the compiled static-shape engine (always on CUDA); slow to start"
+    )
     args = p.parse_args()
 
     device = torch.device(args.device)
@@ -84,7 +88,7 @@ def main() -> None:
         return seconds, int(rollout.response_mask.sum()), peak
 
     runs: dict[str, list[tuple[float, int, float]]] = {}
-    named = engines(device)
+    named = engines(device, args.compiled or device.type == "cuda")
     for engine in named.values():
         call(engine, 0)  # warm-up (and graph capture)
     for repeat in range(args.repeats):

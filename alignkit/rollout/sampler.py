@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from torch.distributed.tensor import DTensor
 from transformers.cache_utils import Cache, CacheLayerMixin, DynamicLayer
 
 from alignkit.models.modes import eval_mode
@@ -175,15 +176,31 @@ def sample_tokens(logits: Tensor, params: SamplingParams) -> tuple[Tensor, Tenso
     logits = logits.float()
     if params.temperature != 1.0:
         logits = logits / params.temperature
-    logprobs = torch.log_softmax(logits, dim=-1)
+    normaliser = torch.logsumexp(logits, dim=-1, keepdim=True)
     if params.greedy:
         tokens = logits.argmax(-1)
     else:
-        probs = logprobs.exp()
+        probs = (logits - normaliser).exp_()
         if params.top_p < 1.0:
             probs = _top_p(probs, params.top_p)
-        tokens = torch.multinomial(probs, 1).squeeze(-1)
-    return tokens, logprobs.gather(-1, tokens[:, None]).squeeze(-1)
+        tokens = _draw(probs)
+    return tokens, (logits.gather(-1, tokens[:, None]) - normaliser).squeeze(-1)
+
+
+def _draw(probs: Tensor) -> Tensor:
+    """One token per row, drawn with probability proportional to `probs` [n, V].
+
+    On CPU: the row's cumulative distribution (float64, so a 150k vocabulary's tail keeps its widths) inverted
+    at one uniform number per row. torch.multinomial draws an exponential per vocabulary entry instead, which
+    took most of a CPU decode step at Qwen's 151,936 entries (benchmarks/rollout_speed.py). On CUDA, where those
+    draws are cheap and a float64 [n, V] copy is not, torch.multinomial.
+    """
+    if probs.device.type == "cuda":
+        return torch.multinomial(probs, 1).squeeze(-1)
+    cdf = probs.double().cumsum_(-1)
+    u = torch.rand((len(probs), 1), dtype=torch.float64, device=probs.device) * cdf[:, -1:]
+    # right=True: the first entry whose cumulative mass exceeds u, never one of probability 0
+    return torch.searchsorted(cdf, u, right=True).squeeze(-1).clamp_(max=probs.shape[-1] - 1)
 
 
 def _top_p(probs: Tensor, top_p: float) -> Tensor:
@@ -211,8 +228,12 @@ class BuiltinEngine(RolloutEngine):
         # captured graph), one per (model, rows, capacity)
         self._static: dict[tuple[int, int, int], tuple[SlotCache, Any]] = {}
 
-    def _compiles(self, device: torch.device) -> bool:
-        return self.compile is True or (self.compile == "auto" and device.type == "cuda")
+    def _compiles(self, model: torch.nn.Module, device: torch.device) -> bool:
+        """`compile: auto` compiles on CUDA, for models that are not sharded: an FSDP2 model's forward all-gathers
+        its parameters, which a captured graph cannot hold."""
+        if self.compile != "auto":
+            return bool(self.compile)
+        return device.type == "cuda" and not any(isinstance(p, DTensor) for p in model.parameters())
 
     def generate(
         self, model: torch.nn.Module, prompt_ids: Tensor, prompt_mask: Tensor, params: SamplingParams
@@ -232,7 +253,7 @@ class BuiltinEngine(RolloutEngine):
         b, width = prompt_ids.shape
         g, steps = p.num_samples, p.max_new_tokens
         n = b * g  # rows, sample j of prompt i at row i * g + j
-        compiles = self._compiles(device)
+        compiles = self._compiles(model, device)
         static = compiles if self.static is None else self.static
         if static:
             # a fixed capacity for prompts up to a multiple of 64 tokens wide, so that the step's shapes repeat

@@ -192,3 +192,17 @@ def test_bad_prompts_are_refused_by_every_engine() -> None:
             engine.generate(tiny(), ids, right_padded, params())
         with pytest.raises(ValueError, match="temperature > 0"):
             engine.generate(tiny(), ids, mask, params(temperature=0.0))
+
+
+def test_draws_over_a_large_vocabulary_skip_zero_probabilities_and_match_the_mass() -> None:
+    """A 20,000-entry row with mass 0.5 on token 7, 0.3 on the last token, the rest spread over tokens 1000-1999
+    and 0 elsewhere: 8,000 draws (16 calls of 500 rows) never hit a zero and land on 7, the last token and the
+    block at 0.5 / 0.3 / 0.2 within 4 standard errors."""
+    probs = torch.zeros(20_000)
+    probs[7], probs[-1] = 0.5, 0.3
+    probs[1000:2000] = 0.2 / 1000
+    torch.manual_seed(0)
+    tokens = torch.cat([sample_tokens(probs.log().expand(500, -1), params())[0] for _ in range(16)])
+    assert probs[tokens].gt(0).all()
+    for hit, mass in ((tokens == 7, 0.5), (tokens == 19_999, 0.3), ((tokens >= 1000) & (tokens < 2000), 0.2)):
+        assert abs(hit.float().mean() - mass) < 4 * (mass * (1 - mass) / 8000) ** 0.5
