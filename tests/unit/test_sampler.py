@@ -83,6 +83,19 @@ def test_sampled_logprobs_are_scores_of_the_tempered_distribution(arch: str) -> 
     torch.testing.assert_close(got.logprobs, score(model, got, temperature=0.7)[0], atol=1e-5, rtol=0)
 
 
+def test_a_real_vocabulary_samples_and_scores_alike() -> None:
+    """Qwen 2.5's 151,936 entries: greedy tokens are generate's, sampled log-probs are score's within 1e-5."""
+    spec = ModelSpec(architecture="qwen2", hidden_size=32, num_layers=1, num_heads=2, vocab_size=151_936)
+    model = build_causal_lm(spec, byte_tokenizer()).eval()
+    ids, mask = prompts()
+    kw = {"max_new_tokens": 6, "eos_token_id": EOS, "pad_token_id": PAD, "num_samples": 2}
+    greedy = BuiltinEngine().generate(model, ids, mask, params(greedy=True, **kw))
+    assert torch.equal(greedy.sequences, generate(model, ids, mask, greedy=True, **kw).sequences)
+    torch.manual_seed(0)
+    sampled = BuiltinEngine().generate(model, ids, mask, params(temperature=0.9, **kw))
+    torch.testing.assert_close(sampled.logprobs, score(model, sampled, temperature=0.9)[0], atol=1e-5, rtol=0)
+
+
 def test_eos_mid_batch_rows_leave_and_each_prompt_is_prefilled_once() -> None:
     """Chain v -> w -> a -> b -> c -> d -> EOS (a bigram model), G = 2, 4 new tokens: a prompt ending in d stops
     after 1 token, in b after 3, in a after 4, in v never. The model sees the 4 prompts once (prefill batch 4,
