@@ -35,14 +35,14 @@ def keep_groups_together(order: Tensor, rollout: Rollout) -> Tensor:
 
 def reuses_logprobs(cfg: Any) -> bool:
     """rollout.reuse_logprobs resolved: `auto` reuses an engine's log-probs where they equal scoring's to float32
-    rounding, i.e. at 32-true precision (autocast rounds a one-token decode step and a full forward differently)
-    and with no dropout (sampling is in eval mode, scoring in train mode)."""
+    rounding, i.e. float32 weights at 32-true precision (bf16, or autocast to it, rounds a one-token decode step and
+    a full forward differently) and no dropout (sampling is in eval mode, scoring in train mode)."""
     choice = cfg.rollout.reuse_logprobs
     if choice != "auto":
         return bool(choice)
     lora = getattr(cfg.policy, "lora", None)
     no_dropout = cfg.trainer.disable_dropout and (lora is None or lora.dropout == 0)
-    return cfg.hardware.precision == "32-true" and no_dropout
+    return cfg.hardware.precision == "32-true" and cfg.policy.dtype == "float32" and no_dropout
 
 
 class OnlineModule(AlignModule):

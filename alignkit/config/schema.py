@@ -283,7 +283,7 @@ class RolloutSpec(Spec):
         "auto",
         description="Use the engine's log-probs of the sampled tokens as the policy's old log-probs (PPO, more than "
         "one update per iteration) instead of scoring the samples again. auto: when they agree with scoring to "
-        "float32 rounding: 32-true precision and dropout off (trainer.disable_dropout).",
+        "float32 rounding: float32 weights at 32-true precision, and dropout off (trainer.disable_dropout).",
     )
 
     @field_validator("engine")

@@ -180,6 +180,7 @@ def test_reuse_logprobs_auto_needs_float32_and_no_dropout(tmp_path: Path) -> Non
     assert reuses_logprobs(cfg_for("grpo", tmp_path))
     assert not reuses_logprobs(cfg_for("grpo", tmp_path, hardware={"precision": "bf16-mixed"}))
     assert not reuses_logprobs(cfg_for("grpo", tmp_path, trainer={"disable_dropout": False}))
+    assert not reuses_logprobs(cfg_for("grpo", tmp_path, policy={"dtype": "bfloat16"}))
     assert reuses_logprobs(
         cfg_for("grpo", tmp_path, hardware={"precision": "bf16-mixed"}, rollout={"reuse_logprobs": True})
     )
