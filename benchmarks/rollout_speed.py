@@ -47,7 +47,7 @@ def main() -> None:
     p.add_argument("--prompts", type=int, default=8, help="P: prompts per call")
     p.add_argument("--group", type=int, default=4, help="G: samples per prompt")
     p.add_argument("--max-new-tokens", type=int, default=32)
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--greedy", action="store_true", help="argmax decoding: both engines produce the same tokens")
     p.add_argument(
         "--compiled", action="store_true", help="also the compiled static-shape engine (always on CUDA); slow to start"
