@@ -276,8 +276,9 @@ class RolloutSpec(Spec):
     compile: Literal["auto"] | bool = Field(
         "auto",
         description="builtin: run each decode step as a compiled static-shape graph (torch.compile, CUDA graphs on "
-        "GPU; live rows padded to power-of-two buckets). auto: on CUDA, for models FSDP does not shard (their "
-        "forward all-gathers parameters, which a captured graph cannot hold).",
+        "GPU; live rows padded to power-of-two buckets), its KV cache kept allocated between iterations. auto: on "
+        "CUDA, for models FSDP does not shard (their forward all-gathers parameters, which a captured graph cannot "
+        "hold).",
     )
     reuse_logprobs: Literal["auto"] | bool = Field(
         "auto",
