@@ -322,6 +322,9 @@ class BuiltinEngine(RolloutEngine):
         if compiles:
             mode = "reduce-overhead" if device.type == "cuda" else None  # reduce-overhead = CUDA graphs
             step = torch.compile(_step, mode=mode, dynamic=False)
+            # one graph per (rows, capacity, bucket), all of `_step`'s code: training's and evaluation's row counts
+            # with their buckets pass dynamo's default of 8, after which it would fall back to eager
+            torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
         buckets = sorted({min(rows, 2**k) for k in range(3, rows.bit_length() + 1)} | {rows})
 
         def decode(token: Tensor, mask: Tensor, position: Tensor) -> Tensor:
