@@ -49,6 +49,7 @@ MINIMAL: dict[str, dict[str, Any]] = {
         for name, extra in [
             ("ppo", {"update_epochs": 2}),
             ("grpo", {"samples_per_prompt": 2}),
+            ("rloo", {"samples_per_prompt": 2}),
             ("remax", {}),
             ("reinforce", {}),
             ("rejection_sampling", {"samples_per_prompt": 2}),

@@ -16,6 +16,7 @@ from alignkit.algorithms.configs.reinforce import REINFORCE_CARD
 from alignkit.algorithms.configs.rejection_sampling import REJECTION_SAMPLING_CARD
 from alignkit.algorithms.configs.remax import REMAX_CARD
 from alignkit.algorithms.configs.reward_model import REWARD_MODEL_CARD
+from alignkit.algorithms.configs.rloo import RLOO_CARD
 from alignkit.algorithms.configs.sft import SFT_CARD
 from alignkit.registry import Registry
 
@@ -28,6 +29,7 @@ for _card in (
     PPO_CARD,
     GRPO_CARD,
     REMAX_CARD,
+    RLOO_CARD,
     REINFORCE_CARD,
     REJECTION_SAMPLING_CARD,
     BANDIT_STUDY_CARD,

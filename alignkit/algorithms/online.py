@@ -216,7 +216,8 @@ class OnlineModule(AlignModule):
         old = exp["old_logps"][rows] if "old_logps" in exp else logps.detach()
         pg, pg_metrics = clipped_policy_loss(logps, old, exp["advantages"][rows], mask, a.clip_eps, a.clip_eps_high)
         ref = exp["ref_logps"][rows]
-        per_token = pg + a.kl_coef * kl_penalty(logps, ref, a.kl_estimator) if a.kl_coef else pg
+        kl_coef = self.loss_kl_coef()
+        per_token = pg + kl_coef * kl_penalty(logps, ref, a.kl_estimator) if kl_coef else pg
         norm = {"num_tokens": counts["tokens"], "num_sequences": counts["sequences"], "max_len": a.max_new_tokens}
         loss = aggregate(per_token, mask, a.loss_aggregation, **norm)
         metrics = {
@@ -231,6 +232,10 @@ class OnlineModule(AlignModule):
 
     def after_update(self, exp: dict[str, Any], metrics: dict[str, Tensor]) -> dict[str, Tensor]:
         return {}
+
+    def loss_kl_coef(self) -> float:
+        """Weight of the per-token KL to the reference in `loss` (0 where an algorithm puts the KL in the reward)."""
+        return self.algo.kl_coef
 
     # -- evaluation ----------------------------------------------------------------------------------
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:

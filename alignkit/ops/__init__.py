@@ -28,6 +28,7 @@ _LAZY = {
     "explained_variance": "rl",
     "gae": "rl",
     "group_advantages": "rl",
+    "leave_one_out_advantages": "rl",
     "kl_penalty": "rl",
     "token_rewards": "rl",
     "whiten": "rl",
@@ -60,6 +61,7 @@ if TYPE_CHECKING:
         gae,
         group_advantages,
         kl_penalty,
+        leave_one_out_advantages,
         token_rewards,
         whiten,
     )
@@ -82,6 +84,7 @@ __all__ = [
     "gae",
     "group_advantages",
     "kl_penalty",
+    "leave_one_out_advantages",
     "masked_mean",
     "masked_sum",
     "model_logits",

@@ -106,6 +106,21 @@ def token_rewards(scores: Tensor, kl: Tensor, mask: Tensor, kl_coef: float) -> T
     return rewards.scatter_add(1, last, scores.to(rewards.dtype).unsqueeze(1) * has_response)
 
 
+def _groups(rewards: Tensor, group_size: int) -> Tensor:
+    """rewards [N * G], one prompt's samples contiguous, as [N, G]; a clear error for sizes that do not fit."""
+    if group_size < 2:
+        raise ValueError(
+            f"group_size must be at least 2 (got {group_size}): a group of one has no baseline from its own "
+            "group; sample several responses per prompt"
+        )
+    if rewards.numel() % group_size:
+        raise ValueError(
+            f"rewards has {rewards.numel()} entries, not a multiple of group_size {group_size}; expected the "
+            "samples of each prompt contiguous, group after group"
+        )
+    return rewards.view(-1, group_size)
+
+
 def group_advantages(rewards: Tensor, group_size: int, scale: str = "std", eps: float = 1e-4) -> Tensor:
     """Group-relative advantages [N * G] from rewards laid out group after group (one prompt's samples together).
 
@@ -116,21 +131,23 @@ def group_advantages(rewards: Tensor, group_size: int, scale: str = "std", eps: 
     """
     if scale not in ("std", "none"):
         raise _unknown("group advantage scale", scale, ["std", "none"])
-    if group_size < 2:
-        raise ValueError(
-            f"group_size must be at least 2 (got {group_size}): a group of one has advantage 0 (and std NaN); "
-            "sample several responses per prompt"
-        )
-    if rewards.numel() % group_size:
-        raise ValueError(
-            f"rewards has {rewards.numel()} entries, not a multiple of group_size {group_size}; expected the "
-            "samples of each prompt contiguous, group after group"
-        )
-    grouped = rewards.view(-1, group_size)
+    grouped = _groups(rewards, group_size)
     advantages = grouped - grouped.mean(dim=1, keepdim=True)
     if scale == "std":
         advantages = advantages / (grouped.std(dim=1, keepdim=True) + eps)
     return advantages.view_as(rewards)
+
+
+def leave_one_out_advantages(rewards: Tensor, group_size: int) -> Tensor:
+    """A_i = r_i - mean of the other k - 1 rewards of its group, [N * k], groups contiguous.
+
+    RLOO's baseline (Kool et al. 2019, "Buy 4 REINFORCE Samples, Get a Baseline for Free!"; Ahmadian et al.
+    2024, "Back to Basics", eq. 6): it excludes the sample itself, so it is independent of that sample and the
+    estimate stays unbiased. Equal to k / (k - 1) x (r_i - group mean).
+    """
+    grouped = _groups(rewards, group_size)
+    others = (grouped.sum(dim=1, keepdim=True) - grouped) / (group_size - 1)
+    return (grouped - others).view_as(rewards)
 
 
 def baseline_advantages(rewards: Tensor, baseline: Tensor) -> Tensor:

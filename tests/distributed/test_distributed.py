@@ -155,7 +155,7 @@ logging: {progress_bar: false}
 @pytest.mark.parametrize(
     ("algorithm", "hardware"),
     # grpo: in the resume test below; reinforce is grpo's loss with the reward as the advantage
-    [(name, "ddp-cpu-2") for name in ("ppo", "remax", "rejection_sampling")] + [("ppo", "fsdp-cpu-2")],
+    [(name, "ddp-cpu-2") for name in ("ppo", "remax", "rloo", "rejection_sampling")] + [("ppo", "fsdp-cpu-2")],
 )
 def test_online_algorithms_train_on_two_processes(tmp_path: Path, algorithm: str, hardware: str) -> None:
     """Each rank samples its share of prompts (FSDP: generation in step across ranks, responses of different

@@ -28,6 +28,7 @@ from alignkit.ops import (
     gae,
     group_advantages,
     kl_penalty,
+    leave_one_out_advantages,
     token_rewards,
     whiten,
 )
@@ -367,3 +368,37 @@ def test_kl_controllers_resume_from_state_dict() -> None:
     restored = FixedKLController(0.05)
     restored.load_state_dict(fixed.state_dict())
     assert restored.value == 0.05
+
+
+def test_leave_one_out_advantages_by_hand() -> None:
+    """k = 2: [1, 3 | 2, 2] -> each minus the other: [1 - 3, 3 - 1, 0, 0] = [-2, 2, 0, 0].
+    k = 3: [1, 2, 6] -> others' means (2 + 6) / 2 = 4, (1 + 6) / 2 = 3.5, (1 + 2) / 2 = 1.5 -> [-3, -1.5, 4.5]."""
+    assert_close(leave_one_out_advantages(torch.tensor([1.0, 3.0, 2.0, 2.0]), 2), [-2.0, 2.0, 0.0, 0.0])
+    assert_close(leave_one_out_advantages(torch.tensor([1.0, 2.0, 6.0]), 3), [-3.0, -1.5, 4.5])
+
+
+def test_leave_one_out_baseline_excludes_the_sample_itself() -> None:
+    """A sample's baseline (r_i - A_i) does not move when its own reward does, and A = k / (k - 1) (r - mean)."""
+    rewards = torch.tensor([0.3, -1.2, 2.0, 0.7, 5.0, 1.0, 1.0, -2.0])
+    baseline = rewards - leave_one_out_advantages(rewards, 4)
+    moved = rewards.clone()
+    moved[[1, 6]] += torch.tensor([10.0, -3.0])
+    moved_baseline = moved - leave_one_out_advantages(moved, 4)
+    torch.testing.assert_close(moved_baseline[[1, 6]], baseline[[1, 6]])
+    expected = 4 / 3 * group_advantages(rewards, 4, scale="none")
+    torch.testing.assert_close(leave_one_out_advantages(rewards, 4), expected)
+    with pytest.raises(ValueError, match="group_size must be at least 2"):
+        leave_one_out_advantages(rewards, 1)
+
+
+def test_rloo_puts_the_kl_in_the_reward_before_the_baseline() -> None:
+    """scores [1, 0 | 2, 2], KL per response [2, 0 | 1, 3], kl_coef 0.5, k = 2: rewards [1 - 1, 0 - 0 | 2 - 0.5,
+    2 - 1.5] = [0, 0 | 1.5, 0.5]; advantages [0 - 0, 0 - 0 | 1.5 - 0.5, 0.5 - 1.5] = [0, 0, 1, -1]. Without KL
+    the scores alone: [1, -1, 0, 0]."""
+    from alignkit.algorithms.rloo import rloo_advantages
+
+    scores, kl = torch.tensor([1.0, 0.0, 2.0, 2.0]), torch.tensor([2.0, 0.0, 1.0, 3.0])
+    advantages, rewards = rloo_advantages(scores, kl, 2, 0.5)
+    assert_close(rewards, [0.0, 0.0, 1.5, 0.5])
+    assert_close(advantages, [0.0, 0.0, 1.0, -1.0])
+    assert_close(rloo_advantages(scores, None, 2, 0.0)[0], [1.0, -1.0, 0.0, 0.0])
