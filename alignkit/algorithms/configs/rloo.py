@@ -15,6 +15,11 @@ class RLOOConfig(OnlineConfig):
     samples_per_prompt: int = Field(
         4, ge=2, description="k: responses per prompt; each one's baseline is the mean reward of the other k - 1."
     )
+    kl_coef: float = Field(
+        0.05,
+        ge=0,
+        description="beta: weight of the KL to the reference, in each response's reward or in the loss (kl_in).",
+    )
     kl_in: Literal["reward", "loss"] = Field(
         "reward",
         description="Where the KL to the reference goes. reward: each response's reward minus kl_coef x its KL "
