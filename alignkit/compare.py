@@ -130,7 +130,7 @@ class Evaluator:
         import torch
 
         from alignkit.rewards import RewardInputs
-        from alignkit.rollout.engine import build_engine
+        from alignkit.rollout.engine import build_engine, reuses_logprobs
         from alignkit.rollout.rollout import SamplingParams, score
 
         spec = self.spec
@@ -143,9 +143,9 @@ class Evaluator:
             temperature=spec.temperature,
             num_samples=num_samples,
         )
-        # the engine's log-probs are scoring's to float32 rounding, not to a lower precision's
-        reuse = engine.returns_logprobs and spec.rollout.reuse_logprobs is not False
-        reuse = reuse and (spec.rollout.reuse_logprobs is True or next(policy.parameters()).dtype == torch.float32)
+        # scored in eval mode, so only the weights' dtype decides whether the engine's log-probs are scoring's
+        exact = next(policy.parameters()).dtype == torch.float32
+        reuse = engine.returns_logprobs and reuses_logprobs(spec.rollout.reuse_logprobs, exact=exact)
         torch.manual_seed(self.sampling_seed)  # every policy of a seed answers with the same random stream
         out: dict[str, list[Any]] = {k: [] for k in ("true", "kl", "rm", "length", "prompt", "response")}
         with torch.no_grad():

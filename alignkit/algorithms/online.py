@@ -19,7 +19,7 @@ from alignkit.ops import masked_mean, masked_sum
 from alignkit.ops.layout import consecutive_groups
 from alignkit.ops.rl import aggregate, clipped_policy_loss, kl_penalty
 from alignkit.rewards import RewardInputs
-from alignkit.rollout.engine import build_engine
+from alignkit.rollout.engine import build_engine, reuses_logprobs
 from alignkit.rollout.rollout import Rollout, SamplingParams, score
 
 
@@ -33,13 +33,10 @@ def keep_groups_together(order: Tensor, rollout: Rollout) -> Tensor:
     return order[torch.argsort(first[groups] * len(order) + torch.arange(len(order), device=order.device))]
 
 
-def reuses_logprobs(cfg: Any) -> bool:
-    """rollout.reuse_logprobs resolved: `auto` reuses an engine's log-probs where they equal scoring's to float32
-    rounding, i.e. float32 weights at 32-true precision (bf16, or autocast to it, rounds a one-token decode step and
-    a full forward differently) and no dropout (sampling is in eval mode, scoring in train mode)."""
-    choice = cfg.rollout.reuse_logprobs
-    if choice != "auto":
-        return bool(choice)
+def exact_scoring(cfg: Any) -> bool:
+    """Whether the engine's log-probs equal scoring's to float32 rounding in this run: float32 weights at 32-true
+    precision (bf16, or autocast to it, rounds a one-token decode step and a full forward differently) and no
+    dropout (sampling is in eval mode, scoring in train mode)."""
     lora = getattr(cfg.policy, "lora", None)
     no_dropout = cfg.trainer.disable_dropout and (lora is None or lora.dropout == 0)
     return cfg.hardware.precision == "32-true" and cfg.policy.dtype == "float32" and no_dropout
@@ -60,7 +57,9 @@ class OnlineModule(AlignModule):
         self.last_counts = (0, 0)  # (samples, tokens) of the last iteration on this rank, for PerfMonitor
         self.engine = build_engine(cfg.rollout)
         self.weights_changed = False  # since the engine last sampled (engine.load_weights before the next)
-        self.reuse_logprobs = self.engine.returns_logprobs and reuses_logprobs(cfg)
+        self.reuse_logprobs = self.engine.returns_logprobs and reuses_logprobs(
+            cfg.rollout.reuse_logprobs, exact=exact_scoring(cfg)
+        )
 
     # -- sampling and scoring ------------------------------------------------------------------------
     def sample(self, batch: dict[str, Any], *, greedy: bool = False, num_samples: int | None = None) -> Rollout:

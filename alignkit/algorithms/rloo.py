@@ -29,11 +29,10 @@ class RLOO(OnlineModule):
 
     card = RLOO_CARD
 
-    def experience(self, batch: dict[str, Any], num_samples: int | None = None) -> dict[str, Any]:
-        exp = super().experience(batch, num_samples)
-        if self.algo.kl_in == "reward" and self.algo.kl_coef and "old_logps" not in exp:
-            exp["old_logps"] = self.policy_logps(exp["rollout"])  # the sampler's, where they can be reused
-        return exp
+    @property
+    def needs_old_logps(self) -> bool:  # type: ignore[override]
+        """The KL in the reward needs the sampling policy's log-probs (the sampler's, where they can be reused)."""
+        return self.algo.kl_in == "reward" and bool(self.algo.kl_coef)
 
     def advantages(self, exp: dict[str, Any]) -> None:
         a = self.algo

@@ -59,6 +59,12 @@ class RolloutEngine(ABC):
         return None  # a hook: in-process engines read the model's weights in place
 
 
+def reuses_logprobs(choice: bool | str, *, exact: bool) -> bool:
+    """rollout.reuse_logprobs resolved: true or false as set; `auto` where an engine's log-probs equal scoring's to
+    float32 rounding (`exact`: float32 weights and compute, and no dropout in the scoring forward)."""
+    return exact if choice == "auto" else bool(choice)
+
+
 def build_engine(spec: Any) -> RolloutEngine:
     """The engine a `rollout:` section names (RolloutSpec), with its options."""
     from alignkit.rollout import ENGINES

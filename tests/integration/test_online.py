@@ -175,7 +175,11 @@ def test_the_samplers_logprobs_stand_in_for_a_second_policy_forward(reuse: bool,
 
 
 def test_reuse_logprobs_auto_needs_float32_and_no_dropout(tmp_path: Path) -> None:
-    from alignkit.algorithms.online import reuses_logprobs
+    from alignkit.algorithms.online import exact_scoring
+    from alignkit.rollout.engine import reuses_logprobs as resolve
+
+    def reuses_logprobs(cfg: Any) -> bool:  # as OnlineModule resolves rollout.reuse_logprobs
+        return resolve(cfg.rollout.reuse_logprobs, exact=exact_scoring(cfg))
 
     assert reuses_logprobs(cfg_for("grpo", tmp_path))
     assert not reuses_logprobs(cfg_for("grpo", tmp_path, hardware={"precision": "bf16-mixed"}))
