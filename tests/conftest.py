@@ -32,6 +32,15 @@ MINIMAL: dict[str, dict[str, Any]] = {
         "policy": {"architecture": "llama", "hidden_size": 32, "num_layers": 1, "num_heads": 2},
         "data": {"train": {"generator": "sentiment_pairs", "args": {"n": 64}}, "max_length": 64},
     },
+    **{
+        name: {
+            "name": "t",
+            "algorithm": {"name": name},
+            "policy": {"architecture": "llama", "hidden_size": 32, "num_layers": 1, "num_heads": 2},
+            "data": {"train": {"generator": "sentiment_pairs", "args": {"n": 64}}, "max_length": 64},
+        }
+        for name in ("simpo", "orpo", "cpo")  # reference-free, on pairs as DPO
+    },
     "kto": {
         "name": "t",
         "algorithm": {"name": "kto"},
@@ -50,9 +59,12 @@ MINIMAL: dict[str, dict[str, Any]] = {
             ("ppo", {"update_epochs": 2}),
             ("grpo", {"samples_per_prompt": 2}),
             ("rloo", {"samples_per_prompt": 2}),
+            ("reinforce_pp", {}),
+            ("dapo", {"samples_per_prompt": 2}),
             ("remax", {}),
             ("reinforce", {}),
             ("rejection_sampling", {"samples_per_prompt": 2}),
+            ("online_dpo", {}),
         ]
     },
     "bandit_study": {

@@ -9,18 +9,23 @@ so curves overlay whatever the number of optimizer steps per iteration.
 
 from __future__ import annotations
 
+import logging
 from typing import Any, ClassVar
 
 import torch
+from lightning.fabric.utilities.apply_func import move_data_to_device
 from torch import Tensor
 
 from alignkit.algorithms.base import AlignModule
+from alignkit.data.loader import ResumableLoader, ShardedSampler
 from alignkit.ops import masked_mean, masked_sum
 from alignkit.ops.layout import consecutive_groups
-from alignkit.ops.rl import aggregate, clipped_policy_loss, kl_penalty
+from alignkit.ops.rl import aggregate, clipped_policy_loss, informative_groups, kl_penalty, overlong_penalty
 from alignkit.rewards import RewardInputs
 from alignkit.rollout.engine import build_engine, reuses_logprobs
-from alignkit.rollout.rollout import Rollout, SamplingParams, score
+from alignkit.rollout.rollout import Rollout, SamplingParams, concat_rollouts, score
+
+log = logging.getLogger(__name__)
 
 
 def keep_groups_together(order: Tensor, rollout: Rollout) -> Tensor:
@@ -60,6 +65,9 @@ class OnlineModule(AlignModule):
         self.reuse_logprobs = self.engine.returns_logprobs and reuses_logprobs(
             cfg.rollout.reuse_logprobs, exact=exact_scoring(cfg)
         )
+        # dynamic sampling's extra prompts: a loader made on first use, and its place from a checkpoint
+        self.reserve: ResumableLoader | None = None
+        self.reserve_state: dict[str, int] | None = None
 
     # -- sampling and scoring ------------------------------------------------------------------------
     def sample(self, batch: dict[str, Any], *, greedy: bool = False, num_samples: int | None = None) -> Rollout:
@@ -112,14 +120,17 @@ class OnlineModule(AlignModule):
         out = torch.cat([fn(rollout.index(r)) for r in chunks])
         return out[torch.argsort(torch.cat(chunks))]  # a token budget takes rows longest first
 
-    def experience(self, batch: dict[str, Any], num_samples: int | None = None) -> dict[str, Any]:
-        """Everything the update needs, computed without gradients: samples, rewards, reference log-probs."""
+    def experience(self, batch: dict[str, Any], num_samples: int | None = None) -> dict[str, Any] | None:
+        """Everything the update needs, computed without gradients: samples, rewards, reference log-probs (None:
+        nothing to train on, see `sample_and_score`)."""
         num_samples = num_samples or self.algo.samples_per_prompt
-        rollout = self.sample(batch, num_samples=num_samples)
-        scores, reward_metrics = self.rewards(rollout, batch, num_samples)
+        scored = self.sample_and_score(batch, num_samples)
+        if scored is None:
+            return None
+        rollout, scores, reward_metrics = scored
         exp: dict[str, Any] = {
             "rollout": rollout,
-            "scores": scores.to(self.device).float(),
+            "scores": scores,
             "ref_logps": self.logps_of(self.reference, rollout),
             "metrics": reward_metrics,
             "batch": batch,
@@ -128,9 +139,116 @@ class OnlineModule(AlignModule):
             exp["old_logps"] = self.policy_logps(rollout)
         return exp
 
+    def sample_and_score(
+        self, batch: dict[str, Any], num_samples: int
+    ) -> tuple[Rollout, Tensor, dict[str, Tensor]] | None:
+        """The batch's responses, their rewards [N] (float32, on the device) and the reward's metrics; with the
+        group methods' dynamic_sampling (informative groups only) and overlong_shaping where the config sets them;
+        None when dynamic sampling found nothing to learn from (the run then stops)."""
+        rollout = self.sample(batch, num_samples=num_samples)
+        scores, metrics = self.rewards(rollout, batch, num_samples)
+        scores = scores.to(self.device).float()
+        sampling = getattr(self.algo, "dynamic_sampling", None)
+        if sampling is not None and num_samples == self.algo.samples_per_prompt:
+            informative = self.informative_only(batch, rollout, scores, sampling.max_rounds)
+            if informative is None:
+                return None
+            rollout, scores, more = informative
+            metrics = {**metrics, **more}
+        shaping = getattr(self.algo, "overlong_shaping", None)
+        if shaping is not None:
+            n = self.algo.max_new_tokens
+            penalty = overlong_penalty(rollout.response_lengths, n, shaping.buffer(n), shaping.penalty).to(scores)
+            scores = scores + penalty
+            metrics["reward/overlong_penalty"] = penalty.mean()
+        return rollout, scores, metrics
+
+    def informative_only(
+        self, batch: dict[str, Any], rollout: Rollout, scores: Tensor, max_rounds: int
+    ) -> tuple[Rollout, Tensor, dict[str, Tensor]] | None:
+        """DAPO's dynamic sampling (Yu et al. 2025, sec. 3.2): the groups whose rewards differ, from the batch's
+        prompts and, round after round (at most max_rounds in all), from more prompts of the training set, until
+        every process holds as many as the batch has prompts. Every process keeps the same number (the fewest any
+        has, at most the batch's), so all take the same optimizer steps; the groups keep the order they came in.
+        None, and the run told to stop, when no process found any."""
+        g, target = self.algo.samples_per_prompt, len(batch["prompt_input_ids"])
+        kept: list[tuple[Rollout, Tensor]] = []
+        have = dropped = rounds = 0
+        while True:
+            informative = informative_groups(scores, g)
+            rows = torch.nonzero(informative.repeat_interleave(g)).flatten()
+            kept.append((rollout.index(rows), scores[rows]))
+            have, dropped, rounds = have + int(informative.sum()), dropped + int((~informative).sum()), rounds + 1
+            fewest = self.fewest_over_ranks(have)
+            if fewest >= target or rounds >= max_rounds:
+                break
+            more = self.more_prompts(target)
+            rollout = self.sample(more, num_samples=g)
+            scores = self.rewards(rollout, more, g)[0].to(self.device).float()
+        n = min(fewest, target)
+        if n == 0:
+            # Nothing to learn from: the policy answers every prompt alike (solves all, or none), or the reward is
+            # constant. Training on would only spin (no optimizer step, so no progress towards max_steps).
+            log.warning(
+                f"dynamic sampling found no prompt whose {g} responses got different rewards on some process, in "
+                f"{rounds} rounds of {target} prompts: stopping the run at step {self.trainer.global_step}, as every "
+                "group would train on advantages of 0. The policy answers every prompt alike (the task is solved, or "
+                "too hard for it) or the reward is constant; to go on, check the reward, raise "
+                "algorithm.dynamic_sampling.max_rounds or samples_per_prompt, or set dynamic_sampling: null"
+            )
+            self.trainer.should_stop = True
+            return None
+        rollout = concat_rollouts([r for r, _ in kept], self.tokenizer.pad_token_id)
+        rows = torch.arange(n * g, device=scores.device)
+        metrics = {
+            "sampling/rounds": torch.tensor(float(rounds)),
+            "sampling/dropped_groups": torch.tensor(float(dropped)),
+            "sampling/kept_groups": torch.tensor(float(n)),
+        }
+        return rollout.index(rows), torch.cat([s for _, s in kept])[rows], metrics
+
+    def fewest_over_ranks(self, count: int) -> int:
+        """The smallest `count` over all processes (this one's without torch.distributed)."""
+        value = torch.tensor(count, device=self.device)
+        if self.trainer.world_size > 1:
+            torch.distributed.all_reduce(value, op=torch.distributed.ReduceOp.MIN)
+        return int(value)
+
+    def more_prompts(self, n: int) -> dict[str, Any]:
+        """n more training prompts for dynamic sampling, from a shuffle of the training set of its own (seed + 1,
+        this process's share), so the step's batches stay the data loader's; its place is saved in checkpoints."""
+        if self.reserve is None:
+            data = self.trainer.datamodule
+            sampler = ShardedSampler(
+                len(data.train_set),
+                rank=self.trainer.global_rank,
+                world=self.trainer.world_size,
+                seed=self.cfg.trainer.seed + 1,
+                shuffle=True,
+            )
+            self.reserve = ResumableLoader(data.train_set, sampler, n, collate_fn=data.collator)
+            if self.reserve_state is not None:
+                self.reserve.load_state_dict(self.reserve_state)
+            self.reserve_batches = iter(self.reserve)
+        batch = next(self.reserve_batches, None)
+        if batch is None:  # the reserve's epoch is over: the next one is another shuffle
+            self.reserve.sampler.set_epoch(self.reserve.sampler.epoch + 1)  # type: ignore[attr-defined]
+            self.reserve_batches = iter(self.reserve)
+            batch = next(self.reserve_batches)
+        return move_data_to_device(batch, self.device)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self.reserve is not None:
+            checkpoint["prompt_reserve"] = self.reserve.state_dict()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.reserve_state = checkpoint.get("prompt_reserve")
+
     # -- the iteration -------------------------------------------------------------------------------
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         exp = self.experience(batch)
+        if exp is None:
+            return
         self.advantages(exp)
         metrics = self.rollout_metrics(exp)
         metrics.update(self.update(exp))
@@ -213,7 +331,9 @@ class OnlineModule(AlignModule):
         mask = sub.response_mask
         logps, entropy = score(self.policy, sub, temperature=a.temperature, with_entropy=True)
         old = exp["old_logps"][rows] if "old_logps" in exp else logps.detach()
-        pg, pg_metrics = clipped_policy_loss(logps, old, exp["advantages"][rows], mask, a.clip_eps, a.clip_eps_high)
+        pg, pg_metrics = clipped_policy_loss(
+            logps, old, exp["advantages"][rows], mask, a.clip_eps, a.clip_eps_high, a.importance_ratio
+        )
         ref = exp["ref_logps"][rows]
         kl_coef = self.loss_kl_coef()
         per_token = pg + kl_coef * kl_penalty(logps, ref, a.kl_estimator) if kl_coef else pg

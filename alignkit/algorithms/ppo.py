@@ -97,7 +97,9 @@ class PPO(OnlineModule):
         mask = sub.response_mask
         logps, entropy = score(self.policy, sub, temperature=a.temperature, with_entropy=True)
         values = self.values_of(sub)
-        pg, pg_metrics = clipped_policy_loss(logps, exp["old_logps"][rows], exp["advantages"][rows], mask, a.clip_eps)
+        pg, pg_metrics = clipped_policy_loss(
+            logps, exp["old_logps"][rows], exp["advantages"][rows], mask, a.clip_eps, ratio_level=a.importance_ratio
+        )
         vf = clipped_value_loss(values, exp["old_values"][rows], exp["returns"][rows], mask, a.value_clip_eps)
         total = pg + a.vf_coef * vf - a.entropy_coef * entropy
         norm = {"num_tokens": counts["tokens"], "num_sequences": counts["sequences"], "max_len": mask.shape[1]}

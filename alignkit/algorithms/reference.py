@@ -1,4 +1,5 @@
-"""The frozen reference model's sequence log-probs: a forward every step, or a cache filled once before training."""
+"""Sequence log-probs of a batch's sequences in one forward (and their token counts); the frozen reference model's:
+a forward every step, or a cache filled once before training."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from alignkit.data.collate import concat_sequences
 from alignkit.data.loader import ShardedSampler
 from alignkit.ops import sequence_logprobs
 from alignkit.ops.layout import pair_groups
+from alignkit.ops.lm_head import scored_positions
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +26,14 @@ def forward_logps(model: torch.nn.Module, batch: dict[str, Tensor], prefixes: tu
     rows = len(ids) // len(prefixes)
     logps = sequence_logprobs(model, ids, attention, completion, pair_groups(rows, len(prefixes), ids.device))
     return logps.view(len(prefixes), -1).T
+
+
+def completion_lengths(batch: dict[str, Tensor], prefixes: tuple[str, ...]) -> Tensor:
+    """[B, len(prefixes)] the number of tokens each of `forward_logps`'s log-probs sums over, read from the masks:
+    its sums divided by these are per-token means (length-normalised log-probs) without another forward."""
+    _, attention, completion = concat_sequences(batch, prefixes)
+    counts = scored_positions(attention, completion).sum(-1)
+    return counts.view(len(prefixes), -1).T
 
 
 def reference_logps(module: Any, batch: dict[str, Tensor], prefixes: tuple[str, ...], split: str) -> Tensor:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from alignkit.lazy import lazy_attributes
-from alignkit.ops.variants import Aggregation, GroupScale, KLKind
+from alignkit.ops.variants import Aggregation, GroupScale, KLKind, RatioLevel
 
 # Config-only code imports alignkit.ops.variants, which runs this file: the math (torch) loads on first use.
 _LAZY = {
@@ -29,6 +29,11 @@ _LAZY = {
     "gae": "rl",
     "group_advantages": "rl",
     "leave_one_out_advantages": "rl",
+    "informative_groups": "rl",
+    "overlong_penalty": "rl",
+    "reinforce_pp_advantages": "rl",
+    "reward_to_go": "rl",
+    "sequence_log_ratio": "rl",
     "kl_penalty": "rl",
     "token_rewards": "rl",
     "whiten": "rl",
@@ -60,8 +65,13 @@ if TYPE_CHECKING:
         explained_variance,
         gae,
         group_advantages,
+        informative_groups,
         kl_penalty,
         leave_one_out_advantages,
+        overlong_penalty,
+        reinforce_pp_advantages,
+        reward_to_go,
+        sequence_log_ratio,
         token_rewards,
         whiten,
     )
@@ -74,6 +84,7 @@ __all__ = [
     "FixedKLController",
     "GroupScale",
     "KLKind",
+    "RatioLevel",
     "aggregate",
     "baseline_advantages",
     "clipped_policy_loss",
@@ -83,12 +94,17 @@ __all__ = [
     "explained_variance",
     "gae",
     "group_advantages",
+    "informative_groups",
     "kl_penalty",
     "leave_one_out_advantages",
     "masked_mean",
     "masked_sum",
     "model_logits",
+    "overlong_penalty",
     "position_ids",
+    "reinforce_pp_advantages",
+    "reward_to_go",
+    "sequence_log_ratio",
     "sequence_logprobs",
     "token_logprobs",
     "token_rewards",

@@ -223,10 +223,17 @@ def lean_head(model: nn.Module, index: Tensor, targets: Tensor, temperature: flo
         del head.forward
 
 
+def scored_positions(attention_mask: Tensor, mask: Tensor) -> Tensor:
+    """[B, T] bool: the positions whose log-probs count where `mask` is set, the real tokens that something predicts
+    (a sequence's first token is predicted by nothing). `sequence_logprobs` sums over these, so their count per row
+    turns its sums into per-token means without another forward."""
+    return mask.bool() & attention_mask.bool() & (position_ids(attention_mask) > 0)
+
+
 def _scored(input_ids: Tensor, attention_mask: Tensor, mask: Tensor, layout: Layout) -> tuple[Tensor, Tensor, Tensor]:
     """(positions [S, T] bool that are scored, the layout index of the state predicting each, its target id):
     position t of a row is predicted by its position t - 1, and a sequence's first token by nothing."""
-    scored = mask.bool() & attention_mask.bool() & (position_ids(attention_mask) > 0)
+    scored = scored_positions(attention_mask, mask)
     rows, cols = scored.nonzero(as_tuple=True)
     return scored, layout.where[rows, cols - 1], input_ids[rows, cols]
 

@@ -7,6 +7,7 @@ in, tensors out, no models and no collectives (callers pass global counts where 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -150,12 +151,80 @@ def leave_one_out_advantages(rewards: Tensor, group_size: int) -> Tensor:
     return (grouped - others).view_as(rewards)
 
 
+def reward_to_go(rewards: Tensor, mask: Tensor) -> Tensor:
+    """sum_{i >= t} r_i over each row's response tokens, [B, T] (the undiscounted return, gamma = 1), 0 off them.
+
+    REINFORCE++'s per-token advantage before normalisation (Hu 2025, eq. 8): with `token_rewards`, the score minus
+    kl_coef x the KL still to come in the response. gae() with values 0 and gamma = lam = 1 gives the same.
+    """
+    m = mask.to(rewards.dtype)
+    return (rewards * m).flip(-1).cumsum(-1).flip(-1) * m
+
+
+def reinforce_pp_advantages(
+    scores: Tensor,
+    kl: Tensor | None,
+    mask: Tensor,
+    kl_coef: float,
+    moments: Callable[[Tensor], tuple[float, float, float]],
+    group_size: int | None = None,
+) -> Tensor:
+    """Per-token advantages [N, T] of REINFORCE++ (Hu 2025, eqs. 8-10), 0 off the response tokens.
+
+    A_t = r - kl_coef x sum_{i >= t} KL_i (the reward-to-go of `token_rewards`: the score on the last token, -kl_coef
+    x KL on each), with r the score, or with `group_size` the score minus its group's mean (REINFORCE++ with
+    baseline). Then (A - mean) / sqrt(var + 1e-8) over every response token of the step, from `moments` of the
+    masked A: (count, mean, M2). The caller passes moments over all processes (rewards.normalize.batch_moments),
+    so the result does not depend on how the rows are spread over them. `kl` [N, T] is the per-token KL (None
+    with kl_coef 0).
+    """
+    if group_size is not None:
+        scores = group_advantages(scores, group_size, scale="none")
+    kl = torch.zeros(mask.shape, dtype=scores.dtype, device=mask.device) if kl is None else kl
+    returns = reward_to_go(token_rewards(scores, kl, mask, kl_coef), mask)
+    count, mean, m2 = moments(returns[mask.bool()])
+    # Bessel's correction as whiten(); below two tokens only centred (no spread to divide by)
+    scale = 1 / math.sqrt(m2 / (count - 1) + 1e-8) if count >= 2 else 1.0
+    return (returns - mean) * scale * mask.to(returns.dtype)
+
+
+def informative_groups(scores: Tensor, group_size: int) -> Tensor:
+    """[N / G] bool: the groups (contiguous, G samples each) whose scores are not all equal.
+
+    A group whose responses all score alike has group-relative advantages of 0, so it gives no policy gradient and
+    only dilutes the batch; DAPO's dynamic sampling (Yu et al. 2025, sec. 3.2, eq. 11) drops it.
+    """
+    grouped = _groups(scores, group_size)
+    return grouped.amax(dim=1) > grouped.amin(dim=1)
+
+
+def overlong_penalty(lengths: Tensor, max_len: int, buffer: int, factor: float = 1.0) -> Tensor:
+    """DAPO's soft overlong punishment (Yu et al. 2025, eq. 13), [B]: 0 up to max_len - buffer tokens, then
+    falling linearly to -factor at max_len: -factor * clamp((|y| - (max_len - buffer)) / buffer, 0, 1)."""
+    if not 0 < buffer <= max_len:
+        raise ValueError(f"the overlong buffer must be in 1..max_len ({max_len}) tokens (got {buffer})")
+    return -factor * ((lengths.float() - (max_len - buffer)) / buffer).clamp(0.0, 1.0)
+
+
 def baseline_advantages(rewards: Tensor, baseline: Tensor) -> Tensor:
     """rewards - baseline, [B]. ReMax (Li et al. 2023) uses the reward of the greedy response as the baseline."""
     return rewards - baseline
 
 
 # --- losses --------------------------------------------------------------------------------------------------
+RATIO_LEVELS = ("token", "sequence")  # ops.variants.RatioLevel, as configs spell it
+
+
+def sequence_log_ratio(logprobs: Tensor, old_logprobs: Tensor, mask: Tensor) -> Tensor:
+    """GSPO's per-token log-ratio [B, T] (Zheng et al. 2025, "Group Sequence Policy Optimization", eq. 7 and the
+    GSPO-token form of sec. 4.3): its value on every token is the sequence's length-normalised log-ratio
+    1/|y| sum_t log(pi_t / pi_old_t), and its gradient on token t is that of log pi_t scaled by nothing else, so
+    exp() of it is s_i with grad s_i * grad log pi_t. Averaged over a response's tokens (seq_mean_token_mean) the
+    gradient is GSPO's s_i * 1/|y| sum_t grad log pi_t; with one response token it is the token ratio."""
+    seq = masked_mean(logprobs - old_logprobs, mask, dim=-1).detach().unsqueeze(-1)
+    return seq + logprobs - logprobs.detach()
+
+
 def clipped_policy_loss(
     logprobs: Tensor,
     old_logprobs: Tensor,
@@ -163,20 +232,25 @@ def clipped_policy_loss(
     mask: Tensor,
     clip_eps: float,
     clip_eps_high: float | None = None,
+    ratio_level: str = "token",
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """PPO's clipped surrogate per token [B, T], 0 where mask is 0, and its metrics.
 
     loss = -min(ratio A, clip(ratio, 1 - clip_eps, 1 + clip_eps_high) A), ratio = pi / pi_old (Schulman et al.
     2017, eq. 7); clip_eps_high defaults to clip_eps, a larger one is DAPO's clip-higher (Yu et al. 2025).
-    advantages are [B, T] or [B] (one per sequence, broadcast over its tokens). Metrics, masked means:
-    `clipfrac`, the share of tokens where the clipped term is the smaller one, so clipping changed the loss
-    (TRL's pg_clipfrac); `approx_kl`, (ratio - 1) - log ratio, the k3 estimate of KL(old || new) (cleanrl);
-    `ratio`.
+    ratio_level "sequence" makes the ratio (and so its clip) the sequence's length-normalised one, GSPO's
+    (`sequence_log_ratio`); "token" is PPO's. advantages are [B, T] or [B] (one per sequence, broadcast over its
+    tokens). Metrics, masked means: `clipfrac`, the share of tokens where the clipped term is the smaller one, so
+    clipping changed the loss (TRL's pg_clipfrac); `approx_kl`, (ratio - 1) - log ratio of the tokens, the k3
+    estimate of KL(old || new) (cleanrl); `ratio`.
     """
+    if ratio_level not in RATIO_LEVELS:
+        raise _unknown("importance ratio level", ratio_level, RATIO_LEVELS)
     if advantages.dim() == logprobs.dim() - 1:
         advantages = advantages.unsqueeze(-1)
     high = clip_eps if clip_eps_high is None else clip_eps_high
-    log_ratio = logprobs - old_logprobs
+    token_log_ratio = logprobs - old_logprobs
+    log_ratio = sequence_log_ratio(logprobs, old_logprobs, mask) if ratio_level == "sequence" else token_log_ratio
     ratio = torch.exp(log_ratio)
     unclipped = ratio * advantages
     clipped = torch.clamp(ratio, 1 - clip_eps, 1 + high) * advantages
@@ -184,7 +258,7 @@ def clipped_policy_loss(
     with torch.no_grad():
         metrics = {
             "clipfrac": masked_mean((clipped < unclipped).to(ratio.dtype), mask),
-            "approx_kl": masked_mean((ratio - 1) - log_ratio, mask),
+            "approx_kl": masked_mean(torch.expm1(token_log_ratio) - token_log_ratio, mask),
             "ratio": masked_mean(ratio, mask),
         }
     return loss, metrics

@@ -11,3 +11,4 @@ from typing import Literal
 KLKind = Literal["k1", "k2", "k3"]
 Aggregation = Literal["token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm"]
 GroupScale = Literal["std", "none"]
+RatioLevel = Literal["token", "sequence"]

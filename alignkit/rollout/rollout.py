@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 from transformers import PreTrainedTokenizerBase
 
@@ -51,6 +52,26 @@ class Rollout:
     def repeat_interleave(self, n: int) -> Rollout:
         """Every row n times in a row (row i*n + j is copy j of row i), the layout `generate` gives samples."""
         return self.index(torch.arange(len(self.sequences), device=self.sequences.device).repeat_interleave(n))
+
+
+def concat_rollouts(rollouts: list[Rollout], pad_token_id: int) -> Rollout:
+    """The rows of several rollouts in one, in order: prompts left-padded to the longest prompt, responses
+    right-padded to the longest response (log-probs kept when every part has them)."""
+    p = max(r.prompt_length for r in rollouts)
+    width = max(r.sequences.shape[1] - r.prompt_length for r in rollouts)
+
+    def fit(r: Rollout, x: Tensor, value: float) -> Tensor:
+        return F.pad(x, (p - r.prompt_length, width - (x.shape[1] - r.prompt_length)), value=value)
+
+    with_logprobs = all(r.logprobs is not None for r in rollouts)
+    return Rollout(
+        sequences=torch.cat([fit(r, r.sequences, pad_token_id) for r in rollouts]),
+        attention_mask=torch.cat([fit(r, r.attention_mask, 0) for r in rollouts]),
+        response_mask=torch.cat([fit(r, r.response_mask, 0) for r in rollouts]),
+        prompt_length=p,
+        finished=torch.cat([r.finished for r in rollouts]),
+        logprobs=torch.cat([fit(r, r.logprobs, 0.0) for r in rollouts]) if with_logprobs else None,  # type: ignore[arg-type]
+    )
 
 
 @dataclass(frozen=True)

@@ -126,8 +126,11 @@ def test_reward_model_trains_under_ddp(tmp_path: Path) -> None:
                 "trainer.shared_prompts=true",
             ],
         ),
+        # reference-free: the policy alone on each rank; ORPO with micro-batches to a token budget
+        ("simpo", []),
+        ("orpo", ["trainer.max_tokens_per_micro_batch=150"]),
     ],
-    ids=["kto-precomputed", "dpo-fsdp-precomputed", "dpo-fsdp-token-budget-shared"],
+    ids=["kto-precomputed", "dpo-fsdp-precomputed", "dpo-fsdp-token-budget-shared", "simpo", "orpo-token-budget"],
 )
 def test_offline_preference_trains_on_two_processes(tmp_path: Path, algorithm: str, extra: list[str]) -> None:
     """DDP (and FSDP): the reference copy, the precompute gathered across ranks, KTO's z0 over both ranks."""
@@ -155,7 +158,11 @@ logging: {progress_bar: false}
 @pytest.mark.parametrize(
     ("algorithm", "hardware"),
     # grpo: in the resume test below; reinforce is grpo's loss with the reward as the advantage
-    [(name, "ddp-cpu-2") for name in ("ppo", "remax", "rloo", "rejection_sampling")] + [("ppo", "fsdp-cpu-2")],
+    [
+        (name, "ddp-cpu-2")
+        for name in ("ppo", "remax", "rloo", "reinforce_pp", "dapo", "rejection_sampling", "online_dpo")
+    ]
+    + [("ppo", "fsdp-cpu-2")],
 )
 def test_online_algorithms_train_on_two_processes(tmp_path: Path, algorithm: str, hardware: str) -> None:
     """Each rank samples its share of prompts (FSDP: generation in step across ranks, responses of different

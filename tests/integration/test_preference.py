@@ -1,4 +1,5 @@
-"""DPO and KTO end to end: the reference model (copy, own path, precomputed), KTO's data kinds, bad data."""
+"""DPO and KTO end to end: the reference model (copy, own path, precomputed), KTO's data kinds, bad data; DPO's
+loss types that need more than log-probs (token counts, BCO's running shift); the methods with no reference."""
 
 from __future__ import annotations
 
@@ -6,14 +7,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import tiny_config
+import torch
+from conftest import minimal, tiny_config
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+import alignkit.algorithms.dpo as dpo_module
 from alignkit.algorithms import ALGORITHMS
+from alignkit.algorithms.dpo import dpo_loss
+from alignkit.config.errors import ConfigError
+from alignkit.config.load import validate_dict
 from alignkit.data import DataError
 from alignkit.data.generators import sentiment_pairs, sentiment_unpaired, write_jsonl
 from alignkit.models import ModelSpec, build_causal_lm, byte_tokenizer, save_hf
-from alignkit.run import run
+from alignkit.run import build_models, run
 from alignkit.rundir import RunError
 
 TINY = {"architecture": "llama", "hidden_size": 32, "num_layers": 1, "num_heads": 2}
@@ -123,3 +129,58 @@ def test_bad_rows_fail_before_training_with_file_and_row(
     with pytest.raises(DataError, match=rf"{path}: {message}"):
         run(cfg)
     assert not (tmp_path / "runs").exists()  # the data is checked before anything is written
+
+
+@pytest.mark.parametrize("algorithm", ["simpo", "orpo", "cpo"])
+def test_reference_free_methods_build_and_hold_no_reference(algorithm: str, tmp_path: Path) -> None:
+    """Their cards use the policy alone: run.py builds no reference (no copy of the policy in memory), the module
+    has none, and a `reference:` section is refused before anything loads."""
+    cfg = cfg_for(algorithm, tmp_path)
+    module_cls = ALGORITHMS.get(algorithm).load()
+    models, tokenizer = build_models(cfg, module_cls)
+    assert set(models) == {"policy"}
+    module = module_cls(cfg, models, tokenizer)
+    assert not hasattr(module, "reference") and module.frozen == []
+    with pytest.raises(ConfigError, match=rf"reference: not used by algorithm '{algorithm}'"):
+        validate_dict(minimal(algorithm, reference=TINY))
+
+
+def test_reference_free_run_logs_the_core_tags(tmp_path: Path) -> None:
+    result = run(cfg_for("orpo", tmp_path))
+    core = ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies", "logps/chosen", "nll")
+    assert {f"{split}/{tag}" for split in ("train", "eval") for tag in core} <= set(result.metrics)
+    assert "eval/log_odds_ratio" in result.metrics
+
+
+def test_ipo_gets_token_counts_unless_told_to_sum(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """DPO passes the batch's completion token counts to the loss for ipo (logps_normalize auto), not with none."""
+    seen: list[Any] = []
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        seen.append(kwargs["chosen_tokens"])
+        return dpo_loss(*args, **kwargs)
+
+    monkeypatch.setattr(dpo_module, "dpo_loss", spy)
+    one_step = {"max_steps": 1, "prompts_per_step": 4, "micro_batch_size": 4}
+    run(cfg_for("dpo", tmp_path / "auto", algorithm={"loss_type": "ipo"}, trainer=one_step))
+    counts = [t for t in seen if t is not None]
+    assert counts and all(int(t.min()) > 0 for t in counts)
+    seen.clear()
+    run(cfg_for("dpo", tmp_path / "none", algorithm={"loss_type": "ipo", "logps_normalize": "none"}, trainer=one_step))
+    assert seen and all(t is None for t in seen)
+
+
+def test_bco_pair_shift_is_the_running_mean_reward_and_is_checkpointed(tmp_path: Path) -> None:
+    """Each step's delta is the mean reward of every training completion before it: 0 at steps 1 and 2 (at step 1
+    the policy is the reference, so its rewards are 0), then the mean of the earlier steps' batch means (equal
+    batches); the (sum, count) goes into the checkpoint, 3 steps x 4 pairs x 2 completions."""
+    cfg = cfg_for("dpo", tmp_path, algorithm={"loss_type": "bco_pair"}, checkpoint={"export_hf": False})
+    result = run(cfg)
+    shift = curve(result.run_dir, "train/rewards/shift")
+    chosen, rejected = curve(result.run_dir, "train/rewards/chosen"), curve(result.run_dir, "train/rewards/rejected")
+    batch_means = [(c + r) / 2 for c, r in zip(chosen, rejected, strict=True)]
+    assert shift[:2] == [0.0, pytest.approx(batch_means[0], abs=1e-7)]
+    assert shift[2] == pytest.approx((batch_means[0] + batch_means[1]) / 2, abs=1e-6)
+    ckpt = torch.load(result.run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    total, count = ckpt["bco_rewards"].tolist()
+    assert count == 24 and total / 24 == pytest.approx(sum(batch_means) / 3, abs=1e-6)

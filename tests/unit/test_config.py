@@ -681,7 +681,7 @@ def test_keys_yaml_reads_as_numbers_booleans_or_null(write_yaml: WriteYaml, line
             {"description": "override 'description.a.b=1' sets a key inside a value that is not a mapping (got 'd')"},
         ),
         (["trainer=[1]"], {"trainer": "should be a valid dictionary or instance of TrainerSpec (got [1])"}),
-        (["algorithm.name=[1, 2]"], {"algorithm.name": "unknown algorithm '[1, 2]'; allowed: bandit_study, dpo"}),
+        (["algorithm.name=[1, 2]"], {"algorithm.name": "unknown algorithm '[1, 2]'; allowed: bandit_study, "}),
         (["trainer.max_steps=[1"], {"trainer.max_steps": "override 'trainer.max_steps=[1': not valid YAML at line"}),
         (["a..b=1", "=1"], {"": "override '=1' is not key=value, e.g. trainer.max_steps=10"}),
         (

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from alignkit.algorithms.configs.sft import SFTConfig
+from alignkit.algorithms.reference import completion_lengths, forward_logps
 from alignkit.algorithms.reward_model import bradley_terry_loss
 from alignkit.algorithms.sft import AGGREGATIONS, sft_loss
 from alignkit.models import ARCHITECTURES, ModelSpec, build_causal_lm, byte_tokenizer
@@ -252,3 +253,32 @@ def test_sequence_logprobs_sums_the_completion_tokens_only() -> None:
         per_token = token_logprobs(model_logits(model, ids, mask), ids)
     expected = torch.stack([per_token[0, 3] + per_token[0, 4], per_token[1, 1] + per_token[1, 2]])
     torch.testing.assert_close(got, expected)
+
+
+def test_completion_lengths_turn_forward_logps_into_per_token_means() -> None:
+    """The counts are the tokens forward_logps sums over (completion tokens that something predicts): a pair's
+    chosen [BOS a b | c d] has 2, its rejected [BOS a b | x PAD] 1; so sums / counts are per-token means, no
+    second forward. A completion starting at a sequence's first token has that token left out of both."""
+    tok = byte_tokenizer()
+    model = build_causal_lm(ModelSpec(architecture="llama", hidden_size=32, num_layers=1, num_heads=2), tok).eval()
+    chosen = tok(["abcd", "wxyz"], return_tensors="pt", padding=True)
+    rejected = tok(["abx", "w"], return_tensors="pt", padding=True)
+    width = chosen["input_ids"].shape[1]
+    rejected = {k: F.pad(v, (0, width - v.shape[1])) for k, v in rejected.items()}
+    batch = {
+        "chosen_input_ids": chosen["input_ids"],
+        "chosen_attention_mask": chosen["attention_mask"],
+        "chosen_completion_mask": torch.tensor([[0, 0, 0, 1, 1], [1, 1, 1, 1, 1]]),  # row 2: all of it
+        "rejected_input_ids": rejected["input_ids"],
+        "rejected_attention_mask": rejected["attention_mask"],
+        "rejected_completion_mask": torch.tensor([[0, 0, 0, 1, 0], [0, 1, 0, 0, 0]]),
+    }
+    lengths = completion_lengths(batch, ("chosen_", "rejected_"))
+    assert lengths.tolist() == [[2, 1], [4, 1]]  # row 2's chosen: BOS is predicted by nothing
+    with torch.no_grad():
+        sums = forward_logps(model, batch, ("chosen_", "rejected_"))
+        per_token = token_logprobs(
+            model_logits(model, chosen["input_ids"], chosen["attention_mask"]), chosen["input_ids"]
+        )
+    torch.testing.assert_close(sums[0, 0] / lengths[0, 0], per_token[0, 3:5].mean())
+    torch.testing.assert_close(sums[1, 0] / lengths[1, 0], per_token[1, 1:5].mean())

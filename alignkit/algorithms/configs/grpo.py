@@ -6,11 +6,11 @@ from typing import Literal
 
 from pydantic import Field
 
-from alignkit.algorithms.configs.online import OnlineConfig, online_card
+from alignkit.algorithms.configs.online import GroupConfig, online_card
 from alignkit.ops.variants import Aggregation, GroupScale, KLKind
 
 
-class GRPOConfig(OnlineConfig):
+class GRPOConfig(GroupConfig):
     name: Literal["grpo"] = "grpo"
     samples_per_prompt: int = Field(
         4, ge=2, description="G: responses per prompt; the group its rewards are normalised in."

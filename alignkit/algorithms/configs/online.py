@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from alignkit.algorithms.configs.base import AlgorithmCard, AlgorithmConfig
-from alignkit.ops.variants import Aggregation, KLKind
+from alignkit.config.base import Spec
+from alignkit.ops.variants import Aggregation, KLKind, RatioLevel
 
 
 class OnlineConfig(AlgorithmConfig):
@@ -36,6 +37,14 @@ class OnlineConfig(AlgorithmConfig):
     clip_eps_high: float | None = Field(
         None, gt=0, description="Upper clip range if different from clip_eps (DAPO's clip-higher, Yu et al. 2025)."
     )
+    importance_ratio: RatioLevel = Field(
+        "token",
+        description="The ratio pi / pi_old that clip_eps clips. token: per token (PPO, GRPO); sequence: the "
+        "response's length-normalised ratio exp(mean_t log(pi_t / pi_old_t)), clipped per response (GSPO, Zheng "
+        "et al. 2025; its paper clips at 3e-4 / 4e-4, far tighter than token-level ranges). Acts only from the "
+        "second optimizer step on an iteration's samples (update_epochs or num_minibatches > 1); before it, the "
+        "ratio is 1 either way.",
+    )
     loss_aggregation: Aggregation = Field(
         "token_mean",
         description="How per-token losses become one number: token_mean (every response token weighs the same), "
@@ -48,6 +57,63 @@ class OnlineConfig(AlgorithmConfig):
     def updates_per_step(self) -> int:
         """Optimizer steps in one iteration; Lightning counts these, run.py converts max_steps with them."""
         return self.update_epochs * self.num_minibatches
+
+
+class DynamicSampling(Spec):
+    """DAPO's dynamic sampling (Yu et al. 2025, sec. 3.2)."""
+
+    max_rounds: int = Field(
+        4,
+        ge=1,
+        description="Most generation rounds per iteration: the step's prompts, then as many more as needed from "
+        "the training set until every process has prompts_per_step / world informative groups. Past the cap "
+        "the iteration trains on the informative groups it has (as many on every process); none at all is an "
+        "error naming the fix.",
+    )
+
+
+class OverlongShaping(Spec):
+    """DAPO's soft overlong punishment (Yu et al. 2025, sec. 3.4, eq. 13)."""
+
+    buffer_fraction: float = Field(
+        0.2,
+        gt=0,
+        le=1,
+        description="L_cache as a share of max_new_tokens: the penalty starts at max_new_tokens x (1 - this) "
+        "tokens and reaches -penalty at max_new_tokens (DAPO: 4,096 of 20,480, i.e. 0.2).",
+    )
+    penalty: float = Field(1.0, gt=0, description="The penalty at max_new_tokens (DAPO: 1, in units of the reward).")
+
+    def buffer(self, max_new_tokens: int) -> int:
+        """L_cache in tokens, at least 1."""
+        return max(1, round(self.buffer_fraction * max_new_tokens))
+
+
+class GroupConfig(OnlineConfig):
+    """Options of the methods that sample a group of responses per prompt and compare them (GRPO, RLOO, DAPO,
+    REINFORCE++ with its baseline)."""
+
+    dynamic_sampling: DynamicSampling | None = Field(
+        None,
+        description="Drop the groups whose rewards are all equal (no gradient from group-relative advantages) and "
+        "sample more prompts until the batch is full of informative ones (DAPO). The reward before overlong "
+        "shaping decides. Logs sampling/rounds, sampling/dropped_groups and sampling/kept_groups; reward/mean "
+        "stays that of the step's first round, every group counted.",
+    )
+    overlong_shaping: OverlongShaping | None = Field(
+        None,
+        description="Add DAPO's length penalty over the last part of max_new_tokens to each response's reward "
+        "(logged as reward/overlong_penalty).",
+    )
+
+    @model_validator(mode="after")
+    def _groups_to_compare(self) -> GroupConfig:
+        if self.dynamic_sampling is not None and self.samples_per_prompt < 2:
+            raise ValueError(
+                f"dynamic_sampling compares each prompt's responses, so it needs samples_per_prompt >= 2 (got "
+                f"{self.samples_per_prompt}); raise samples_per_prompt or set dynamic_sampling: null"
+            )
+        return self
 
 
 def online_card(**fields: Any) -> AlgorithmCard:

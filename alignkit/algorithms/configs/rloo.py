@@ -6,11 +6,11 @@ from typing import Literal
 
 from pydantic import Field
 
-from alignkit.algorithms.configs.online import OnlineConfig, online_card
+from alignkit.algorithms.configs.online import GroupConfig, online_card
 from alignkit.ops.variants import Aggregation
 
 
-class RLOOConfig(OnlineConfig):
+class RLOOConfig(GroupConfig):
     name: Literal["rloo"] = "rloo"
     samples_per_prompt: int = Field(
         4, ge=2, description="k: responses per prompt; each one's baseline is the mean reward of the other k - 1."
