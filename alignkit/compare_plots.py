@@ -2,7 +2,7 @@
 
 Each figure shows the seed mean with its 95% bootstrap interval (seeds resampled, then prompts; prompts only
 with one seed) from the `Row`s of a `CompareResult`, and where it helps each seed's own value, faint. A trained
-method has one colour in every figure (tab10, in the order of the table); the baseline is black, best-of-n a
+method has one colour in every figure (tab10, then Dark2, in the order of the table); the baseline is black, best-of-n a
 dashed black line. Drawn on `Figure` objects with the Agg canvas: no pyplot state, nothing left open.
 """
 
@@ -48,9 +48,12 @@ class _View:
         methods = list(
             dict.fromkeys(r.method for r in result.rows if r.method != result.baseline and r.algorithm != BEST_OF)
         )
-        tab10 = colormaps["tab10"]
+        # tab10, then Dark2's 8 for methods 11-18: tab20's second half repeats tab10's hues in light shades,
+        # which read as the same method at a glance
+        palette = [colormaps["tab10"](i) for i in range(10)] + [colormaps["Dark2"](i) for i in range(8)]
         seeds = {s for r in result.rows for s in r.seeds}
-        return cls(result, base, best_of, methods, {m: tab10(i % 10) for i, m in enumerate(methods)}, len(seeds))
+        colors = {m: palette[i % len(palette)] for i, m in enumerate(methods)}
+        return cls(result, base, best_of, methods, colors, len(seeds))
 
     def rows(self, method: str) -> list[Row]:
         """The method's rows by step, after the baseline's as step 0: every curve starts there."""

@@ -106,3 +106,12 @@ def test_plot_all_copes_with_a_missing_run_no_best_of_n_and_no_times(tmp_path: P
     result = CompareResult(tmp_path, points, aggregate(points, SPEC), baseline="sft")
     plot_all(result, tmp_path, reps=50)
     assert all((tmp_path / name).stat().st_size > 20_000 for name in FIGURES)
+
+
+def test_up_to_eighteen_methods_get_a_colour_each(tmp_path: Path) -> None:
+    """The issue-16 comparison has 16 methods: tab10 alone gave six pairs of them one colour."""
+    from alignkit.compare_plots import _View
+
+    methods = {f"m{i}": ([10], 1.0, 2.0, 0.1) for i in range(18)}
+    view = _View.of(synthetic(tmp_path, [0], methods, best_of=()))
+    assert len(view.methods) == 18 and len(set(view.colors.values())) == 18
