@@ -129,8 +129,16 @@ def test_reward_model_trains_under_ddp(tmp_path: Path) -> None:
         # reference-free: the policy alone on each rank; ORPO with micro-batches to a token budget
         ("simpo", []),
         ("orpo", ["trainer.max_tokens_per_micro_batch=150"]),
+        ("cpo", []),
     ],
-    ids=["kto-precomputed", "dpo-fsdp-precomputed", "dpo-fsdp-token-budget-shared", "simpo", "orpo-token-budget"],
+    ids=[
+        "kto-precomputed",
+        "dpo-fsdp-precomputed",
+        "dpo-fsdp-token-budget-shared",
+        "simpo",
+        "orpo-token-budget",
+        "cpo",
+    ],
 )
 def test_offline_preference_trains_on_two_processes(tmp_path: Path, algorithm: str, extra: list[str]) -> None:
     """DDP (and FSDP): the reference copy, the precompute gathered across ranks, KTO's z0 over both ranks."""
