@@ -25,6 +25,20 @@ Prompts = Literal["crossed", "nested"]
 _CHUNK_ELEMENTS = 1 << 22
 
 
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """The unbiased pass@k of one problem from n samples of which c are correct: 1 - C(n - c, k) / C(n, k).
+
+    Chen et al. 2021, "Evaluating Large Language Models Trained on Code", eq. 1 and its numerically stable form:
+    1 - prod_{i = n - c + 1}^{n} (1 - k / i). The chance that k samples drawn without replacement from the n
+    include a correct one; 1 when fewer than k are wrong.
+    """
+    if not 0 <= c <= n or not 1 <= k <= n:
+        raise ValueError(f"pass@k needs 0 <= c <= n and 1 <= k <= n (got n={n}, c={c}, k={k})")
+    if n - c < k:
+        return 1.0
+    return 1.0 - float(np.prod(1.0 - k / np.arange(n - c + 1, n + 1)))
+
+
 def mean_se(values: Any) -> tuple[float, float]:
     """Mean and standard error (sample std / sqrt(n); 0 for one value), in float64, of a 1-D sequence or tensor."""
     x = np.asarray(values, dtype=np.float64).reshape(-1)

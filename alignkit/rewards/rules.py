@@ -7,6 +7,7 @@ from collections.abc import Callable, Sequence
 
 from alignkit.data.sentiment import true_reward
 from alignkit.registry import Registry
+from alignkit.rewards.answers import AnswerFormat, extract_answer, same_answer
 
 RuleReward = Callable[..., list[float]]
 REWARDS: Registry[RuleReward] = Registry("reward")
@@ -50,3 +51,26 @@ def review_sentiment(prompts: Sequence[str], completions: Sequence[str]) -> list
     judged on the review it finishes, so its best move after a negative prefix is to outweigh it.
     """
     return [true_reward(p + c) for p, c in zip(prompts, completions, strict=True)]
+
+
+@REWARDS.register("exact_answer")
+def exact_answer(
+    prompts: Sequence[str],
+    completions: Sequence[str],
+    answer: Sequence[str | int | float],
+    answer_format: AnswerFormat = "hash",
+) -> list[float]:
+    """1 when the response's last stated answer (`#### 42`, or `<answer>42</answer>` with answer_format: tag) equals
+    the prompt row's `answer` column, by value for numbers (alignkit.rewards.answers), else 0; no answer scores 0."""
+    return [
+        float(same_answer(extract_answer(c, answer_format), gold)) for c, gold in zip(completions, answer, strict=True)
+    ]
+
+
+@REWARDS.register("answer_format")
+def answer_format_reward(
+    prompts: Sequence[str], completions: Sequence[str], answer_format: AnswerFormat = "hash"
+) -> list[float]:
+    """1 when the response states a final answer in the format (right or wrong), else 0: the format reward that
+    weighted_sum combines with exact_answer."""
+    return [float(extract_answer(c, answer_format) is not None) for c in completions]
