@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+
 import pytest
 
 from alignkit.rewards import REWARDS
@@ -12,12 +14,14 @@ PROMPTS = ["p1", "p2", "p3"]
 
 @pytest.mark.parametrize("name", REWARDS.names())
 def test_every_rule_reward_gives_one_float_per_completion(name: str) -> None:
+    """With the prompt-row columns a rule requires (e.g. exact_answer's `answer`) given, as RuleSource does."""
     fn = REWARDS.get(name)
     completions = ["", "a short one", "x" * 200]
-    out = fn(PROMPTS, completions)
+    required = [p.name for p in list(inspect.signature(fn).parameters.values())[2:] if p.default is p.empty]
+    out = fn(PROMPTS, completions, **{column: ["1"] * len(completions) for column in required})
     assert isinstance(out, list) and len(out) == len(completions)
     assert all(type(v) is float for v in out)
-    assert fn([], []) == []
+    assert fn([], [], **{column: [] for column in required}) == []
 
 
 def test_length_target_by_hand() -> None:
