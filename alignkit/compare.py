@@ -17,6 +17,14 @@ probabilities of improvement (Agarwal et al. 2021). Written to `<logging.root>/<
 summary.md and summary.csv, frontier.png, curves.png, improvement.png, reward_vs_time.png, results.json (every
 point and per-prompt score), samples.jsonl, and tensorboard/ with one run per method and seed (`dpo/seed_0`,
 training events plus `compare/*` tags) and one per method with the seed mean (`dpo/mean`).
+
+With `compare.pass_at_k` (a true reward that says right or wrong, e.g. `exact_answer`), the baseline and each
+method's final policy also draw `pass_at_k.samples` answers per prompt, whose correct count c gives each prompt's
+unbiased pass@k (Chen et al. 2021), and one greedy answer per prompt: the question of Yue et al. 2025 ("Does
+reinforcement learning really incentivize reasoning capacity beyond the base model?"), whether RL raises pass@1
+only or the large-k end of the curve too. Summarised like the true reward, over all prompts and per value of the
+prompts' `pass_at_k.by` column: a Pass@k section in summary.md, pass_at_k.csv, pass_at_k.png, pass1_vs_kl.png and
+`eval/pass@k/*` TensorBoard tags.
 """
 
 from __future__ import annotations
@@ -24,22 +32,28 @@ from __future__ import annotations
 import csv
 import json
 import math
+import re
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from alignkit.config.errors import ConfigError, Problem
 from alignkit.pipeline import CompareSpec, Pipeline, PipelineResult, derive_seed, run_pipeline
 from alignkit.rundir import next_version, read_run_record, step_checkpoints
-from alignkit.stats import Summary, improvement_matrix, mean_se, separable_ranking, summarize
+from alignkit.stats import Summary, improvement_matrix, mean_se, pass_at_k, separable_ranking, summarize
 
 COMPARE_DIR = "compare"
 TAGS = ("compare/reward/true", "compare/kl/ref", "compare/reward/model", "compare/response/length")
 BEST_OF = "best_of_n"
+GREEDY = "greedy"  # the pass@k key of greedy pass@1; the sampled ones are keyed by k, "1", "2", ...
+ALL = "all"  # the pass@k group of every prompt
+PASS_TAG = "eval/pass@k"
+_TAG_BREAKS = re.compile(r"[\s/]+")  # what would split a group label over levels of a TensorBoard tag
 
 
 @dataclass
@@ -62,6 +76,8 @@ class Point:
     seed: int | None = None  # the pipeline seed (None: a pipeline without compare.seeds)
     # per prompt, the mean over its samples: what the statistics over seeds resample
     per_prompt: dict[str, list[float]] = field(default_factory=dict, repr=False)
+    # per prompt, pass@k keyed "greedy", "1", "2", ... (`pass_at_k_scores`); final policies with compare.pass_at_k
+    pass_at_k: dict[str, list[float]] = field(default_factory=dict, repr=False)
 
 
 @dataclass
@@ -80,6 +96,10 @@ class Row:
     train_time_s: float | None  # mean over seeds
     train_time_range: tuple[float, float] | None
     peak_mem_mb: float | None
+    # group ("all", then each value of compare.pass_at_k.by) -> key ("greedy", "1", ...) -> pass@k over seeds
+    pass_at_k: dict[str, dict[str, Summary]] = field(default_factory=dict)
+    # the same, of the change from the baseline, paired by seed and prompt (`pass_at_k_changes`)
+    pass_at_k_change: dict[str, dict[str, Summary]] = field(default_factory=dict)
 
 
 @dataclass
@@ -91,12 +111,17 @@ class CompareResult:
     failed: dict[str, str] = field(default_factory=dict)  # pipeline runs that did not finish, with why
     # (methods, P, low, high) of the final policies: computed once, shown by the table and the heatmap
     improvement: tuple[list[str], Any, Any, Any] | None = None
+    prompt_groups: list[str] | None = None  # each held-out prompt's value of compare.pass_at_k.by
 
     def finals(self) -> list[Point]:
         return [p for p in self.points if p.final]
 
     def final_rows(self) -> list[Row]:
         return [r for r in self.rows if r.final]
+
+    def pass_at_k_rows(self) -> list[Row]:
+        """The final rows with pass@k (the baseline and the trained methods), in the table's order."""
+        return [r for r in self.final_rows() if r.pass_at_k]
 
 
 class Evaluator:
@@ -118,6 +143,9 @@ class Evaluator:
         size = spec.micro_batch_size
         self.batches = [collate(rows[i : i + size]) for i in range(0, len(rows), size)]
         self.num_prompts = len(rows)
+        by = spec.pass_at_k.by if spec.pass_at_k is not None else None
+        # the value of each prompt's `by` column, from the metadata its batch gives the rewards
+        self.groups = group_labels([m for b in self.batches for m in b["metadata"]], by) if by else None
 
     def for_seed(self, reference: Any, reward_model: Any, seed: int | None) -> None:
         """The baseline and reward model of one pipeline seed, and its sampling stream."""
@@ -125,8 +153,9 @@ class Evaluator:
         self.reward_model = reward_model
         self.sampling_seed = derive_seed(self.spec.seed, seed or 0)
 
-    def answer(self, policy: Any, num_samples: int) -> dict[str, Any]:
-        """Per response: true reward, KL to the reference, RM score, length, text; responses grouped by prompt."""
+    def answer(self, policy: Any, num_samples: int, greedy: bool = False) -> dict[str, Any]:
+        """Per response: true reward, KL to the reference, RM score, length, text; responses grouped by prompt.
+        `greedy`: argmax answers instead of samples."""
         import torch
 
         from alignkit.rewards import RewardInputs
@@ -141,6 +170,7 @@ class Evaluator:
             eos_token_id=self.tokenizer.eos_token_id,
             pad_token_id=self.tokenizer.pad_token_id,
             temperature=spec.temperature,
+            greedy=greedy,
             num_samples=num_samples,
         )
         # scored in eval mode, so only the weights' dtype decides whether the engine's log-probs are scoring's
@@ -165,6 +195,16 @@ class Evaluator:
         tensors = {k: torch.cat(v) if v else None for k, v in out.items() if k not in ("prompt", "response")}
         return {**tensors, "prompt": out["prompt"], "response": out["response"]}
 
+    def pass_at_k(self, policy: Any, answers: dict[str, Any], per_prompt_n: int) -> dict[str, list[float]]:
+        """Each prompt's pass@k from the first `pass_at_k.samples` of its `per_prompt_n` sampled `answers`, and its
+        greedy pass@1 from one more, argmax, answer (`pass_at_k_scores`); {} without compare.pass_at_k."""
+        spec = self.spec.pass_at_k
+        if spec is None:
+            return {}
+        true = first_answers(answers, per_prompt_n, spec.samples)["true"]
+        greedy = self.answer(policy, 1, greedy=True)["true"] if spec.greedy else None
+        return pass_at_k_scores(true, spec.samples, spec.k, spec.threshold, greedy)
+
     def point(self, answers: dict[str, Any], num_samples: int, **info: Any) -> Point:
         reward, reward_se = mean_se(answers["true"])
         kl, kl_se = mean_se(answers["kl"])
@@ -179,6 +219,59 @@ class Evaluator:
             per_prompt=per_prompt(answers, num_samples),
             **info,
         )
+
+
+def first_answers(answers: dict[str, Any], per_prompt_n: int, n: int) -> dict[str, Any]:
+    """The first `n` of each prompt's `per_prompt_n` answers (answers are grouped by prompt), per score."""
+    return {
+        k: v.view(-1, per_prompt_n)[:, :n].reshape(-1) if v is not None else None
+        for k, v in answers.items()
+        if k not in ("prompt", "response")
+    }
+
+
+def pass_at_k_scores(
+    true: Any, n: int, ks: Sequence[int], threshold: float, greedy: Any = None
+) -> dict[str, list[float]]:
+    """Per prompt, the unbiased pass@k for each k (`alignkit.stats.pass_at_k`, Chen et al. 2021) from the true
+    rewards of its n sampled answers (`true`: [prompts * n], grouped by prompt), and greedy pass@1, 0 or 1, from
+    one argmax answer each (`greedy`: [prompts], or None for none). An answer is correct when its true reward is
+    at least `threshold`. Keyed "greedy" (first, when given), then str(k) in the order of `ks`."""
+    # rewards arrive in float32, where weights that sum to the threshold can land an ulp below it
+    # (0.01 + 0.78 + 0.21 = 0.99999994): within a float32 rounding of the threshold counts as reaching it
+    least = threshold - 1e-6 * max(1.0, abs(threshold))
+    correct = np.asarray(true, dtype=np.float64).reshape(-1, n) >= least
+    out: dict[str, list[float]] = {}
+    if greedy is not None:
+        right = np.asarray(greedy, dtype=np.float64).reshape(-1) >= least
+        if len(right) != len(correct):
+            raise ValueError(f"pass_at_k_scores: {len(right)} greedy answers for {len(correct)} prompts; give one each")
+        out[GREEDY] = right.astype(np.float64).tolist()
+    counts = correct.sum(1)
+    for k in ks:
+        out[str(k)] = [pass_at_k(n, int(c), k) for c in counts]
+    return out
+
+
+def group_labels(metadata: list[dict[str, Any]], by: str) -> list[str]:
+    """Each prompt's value of its column `by` as text: the group its pass@k also counts in."""
+    columns = list(dict.fromkeys(c for row in metadata for c in row))
+    if any(by not in row for row in metadata):
+        raise ConfigError([_no_column(by, columns)])
+    return [str(row[by]) for row in metadata]
+
+
+def _no_column(by: str, columns: Iterable[str]) -> Problem:
+    return Problem(
+        "compare.pass_at_k.by",
+        f"the held-out prompts (compare.prompts) have no column '{by}'; columns: {', '.join(columns)}; set "
+        "compare.pass_at_k.by to one of them, or to null for no split",
+    )
+
+
+def group_order(labels: Iterable[str]) -> list[str]:
+    """The distinct group labels, numbers inside them compared as numbers: `terms=2` before `terms=10`."""
+    return sorted(set(labels), key=lambda s: [int(t) if i % 2 else t for i, t in enumerate(re.split(r"(\d+)", s))])
 
 
 def per_prompt(answers: dict[str, Any], num_samples: int) -> dict[str, list[float]]:
@@ -279,6 +372,12 @@ def run_compare(
     from alignkit.models import ModelSpec, load_tokenizer
 
     spec: CompareSpec = pipeline.compare
+    if spec.pass_at_k is not None and spec.pass_at_k.by is not None:
+        from alignkit.data.sources import source_columns
+
+        columns = source_columns(spec.prompts)  # checked before any stage trains, from the raw rows
+        if spec.pass_at_k.by not in columns:
+            raise ConfigError([_no_column(spec.pass_at_k.by, columns)], source=pipeline.source)
     done = run_pipeline(pipeline, only=spec.needed(pipeline), log=log, jobs=jobs, executor=executor, slurm=slurm)
     seeds: list[int | None] = list(pipeline.seeds or [None])
     usable = [s for s in seeds if pipeline.node(spec.baseline, s).label in done.runs]
@@ -298,14 +397,16 @@ def run_compare(
     device = torch.device("cuda" if use_cuda else "cpu")
     evaluator = Evaluator(spec, tokenizer, device)
     names = spec.run_names(pipeline)
+    pass_k = f" (pass@k: {spec.pass_at_k.samples} for final policies)" if spec.pass_at_k is not None else ""
     log(
-        f"[compare] {evaluator.num_prompts} held-out prompts x {spec.samples_per_prompt} samples, "
+        f"[compare] {evaluator.num_prompts} held-out prompts x {spec.samples_per_prompt} samples{pass_k}, "
         f"{len(names)} methods x {len(seeds)} seed(s), on {device}"
     )
     samples: list[dict[str, Any]] = []
     for seed in usable:
         result.points += _evaluate_seed(pipeline, done, evaluator, seed, samples, log)
-    result.rows = aggregate(result.points, spec)
+    result.prompt_groups = evaluator.groups
+    result.rows = aggregate(result.points, spec, evaluator.groups)
     result.improvement = _improvement(result, spec)
     write_table(result, evaluator.num_prompts, spec, pipeline)
     write_tensorboard(result, pipeline, done)
@@ -319,6 +420,7 @@ def run_compare(
                 "runs": {k: str(v) for k, v in done.runs.items()},
                 "failed": done.failed,
                 "prompts": evaluator.num_prompts,
+                "prompt_groups": evaluator.groups,
                 "spec": spec.model_dump(mode="json"),
                 "rows": [_row_json(r) for r in result.rows],
                 "points": [asdict(p) for p in result.points],
@@ -372,26 +474,27 @@ def _evaluate_seed(
     points: list[Point] = []
     base_status = read_run_record(base_run)
     n_best = spec.best_of_n if reward_model is not None else []
-    per_prompt_n = max([spec.samples_per_prompt, *n_best])
+    # one draw serves every use: the regular row reads the first samples_per_prompt of each prompt's answers,
+    # best-of-n the first n, pass@k the first pass_at_k.samples
+    pass_n = spec.pass_at_k.samples if spec.pass_at_k is not None else 0
+    per_prompt_n = max([spec.samples_per_prompt, *n_best, pass_n])
     answers = evaluator.answer(reference, per_prompt_n)
     # the baseline row uses as many samples per prompt as every other row: the first of each prompt's
-    first = {
-        k: v.view(-1, per_prompt_n)[:, : spec.samples_per_prompt].reshape(-1) if v is not None else None
-        for k, v in answers.items()
-        if k not in ("prompt", "response")
-    }
+    first = first_answers(answers, per_prompt_n, spec.samples_per_prompt)
     info = {"stage": spec.baseline, "algorithm": pipeline.stages[spec.baseline].algorithm, "seed": seed}
-    points.append(
-        evaluator.point(
-            first,
-            spec.samples_per_prompt,
-            method=spec.baseline,
-            step=0,
-            train_time_s=base_status.get("wall_time_s"),
-            peak_mem_mb=_peak(base_status),
-            **info,
-        )
+    base = evaluator.point(
+        first,
+        spec.samples_per_prompt,
+        method=spec.baseline,
+        step=0,
+        train_time_s=base_status.get("wall_time_s"),
+        peak_mem_mb=_peak(base_status),
+        pass_at_k=evaluator.pass_at_k(reference, answers, per_prompt_n),
+        **info,
     )
+    points.append(base)
+    if base.pass_at_k:
+        log(f"{tag} {spec.baseline}: true reward {base.true_reward:+.3f}{pass_at_k_note(base.pass_at_k)}")
     keep_samples(spec.baseline, answers, per_prompt_n)
     if n_best:
         points += best_of_n(
@@ -411,6 +514,9 @@ def _evaluate_seed(
         started = status.get("started")
         t0 = time.perf_counter()
         if spec.checkpoints:
+            # no pass@k here: its pass_at_k.samples answers per prompt (64 by default) cost that many over
+            # samples_per_prompt times a checkpoint's evaluation (16x by default), for every checkpoint of every
+            # seed; the final policy's curve against the baseline's is what says whether RL widened what it solves
             # a sharded (FSDP) checkpoint is a directory: not read here
             for step, ckpt in [(s, c) for s, c in step_checkpoints(run / "checkpoints") if c.is_file()]:
                 if step // updates >= int(status.get("global_step", 0)):
@@ -429,24 +535,40 @@ def _evaluate_seed(
                         **info,
                     )
                 )
-        answers = evaluator.answer(final_policy, spec.samples_per_prompt)
+        final_n = max(spec.samples_per_prompt, pass_n)  # as for the baseline: the row reads the first answers
+        answers = evaluator.answer(final_policy, final_n)
         final = evaluator.point(
-            answers,
+            first_answers(answers, final_n, spec.samples_per_prompt),
             spec.samples_per_prompt,
             method=name,
             step=int(status.get("global_step", 0)),
             train_time_s=status.get("wall_time_s"),
             peak_mem_mb=_peak(status),
+            pass_at_k=evaluator.pass_at_k(final_policy, answers, final_n),
             **info,
         )
         points.append(final)
-        keep_samples(name, answers, spec.samples_per_prompt)
-        log(f"{tag} {name}: true reward {final.true_reward:+.3f}, KL {final.kl:.2f} ({time.perf_counter() - t0:.1f} s)")
+        keep_samples(name, answers, final_n)
+        took = time.perf_counter() - t0
+        note = pass_at_k_note(final.pass_at_k)
+        log(f"{tag} {name}: true reward {final.true_reward:+.3f}, KL {final.kl:.2f}{note} ({took:.1f} s)")
     return points
 
 
-def aggregate(points: list[Point], spec: CompareSpec) -> list[Row]:
-    """One Row per (method, step) over the seeds that have it: bootstrap statistics of the per-prompt means."""
+def pass_at_k_note(scores: dict[str, list[float]]) -> str:
+    """'; pass@1 0.41, pass@64 0.90, greedy 0.45': the mean over prompts at the smallest and largest k, and greedy
+    pass@1, for a log line ('' without pass@k)."""
+    ks = [key for key in scores if key != GREEDY]
+    shown = [f"pass@{k} {np.mean(scores[k]):.2f}" for k in dict.fromkeys([ks[0], ks[-1]])] if ks else []
+    if GREEDY in scores:
+        shown.append(f"greedy {np.mean(scores[GREEDY]):.2f}")
+    return "; " + ", ".join(shown) if shown else ""
+
+
+def aggregate(points: list[Point], spec: CompareSpec, prompt_groups: Sequence[str] | None = None) -> list[Row]:
+    """One Row per (method, step) over the seeds that have it: bootstrap statistics of the per-prompt means, and of
+    the per-prompt pass@k where every seed has it (over all prompts, and per group: `prompt_groups` holds a label
+    per prompt)."""
     groups: dict[tuple[str, int | None], list[Point]] = {}
     for p in points:  # a method's final policies form one row even if its seeds stopped at different steps
         groups.setdefault((p.method, None if p.final else p.step), []).append(p)
@@ -479,9 +601,49 @@ def aggregate(points: list[Point], spec: CompareSpec) -> list[Row]:
                 train_time_s=float(np.mean(times)) if times else None,
                 train_time_range=(min(times), max(times)) if times else None,
                 peak_mem_mb=float(np.mean(mems)) if mems else None,
+                pass_at_k=pass_at_k_summaries(found, spec, prompt_groups),
+                pass_at_k_change=pass_at_k_changes(found, points, spec, prompt_groups),
             )
         )
     return rows
+
+
+def pass_at_k_summaries(
+    points: list[Point], spec: CompareSpec, groups: Sequence[str] | None = None, minus: list[Point] | None = None
+) -> dict[str, dict[str, Summary]]:
+    """group -> key ("greedy", "1", ...) -> the Summary of the points' (one per seed) per-prompt pass@k: over every
+    prompt ("all"), then over the prompts of each group in `groups` (a label per prompt); {} unless every point
+    has pass@k. `minus`: points of the same seeds, in the same order, whose per-prompt pass@k is subtracted first."""
+    if not points or not all(p.pass_at_k for p in points):
+        return {}
+    scores = {key: np.array([p.pass_at_k[key] for p in points]) for key in points[0].pass_at_k}
+    if minus is not None:
+        scores = {key: s - np.array([p.pass_at_k[key] for p in minus]) for key, s in scores.items()}
+    columns: dict[str, Any] = {ALL: slice(None)}
+    if groups is not None:
+        labels = np.asarray(groups)
+        columns.update({g: np.flatnonzero(labels == g) for g in group_order(groups)})
+    return {
+        g: summarize(
+            {key: s[:, cols] for key, s in scores.items()}, reps=spec.bootstrap_reps, prompts=spec.bootstrap_prompts
+        )
+        for g, cols in columns.items()
+    }
+
+
+def pass_at_k_changes(
+    found: list[Point], points: list[Point], spec: CompareSpec, groups: Sequence[str] | None = None
+) -> dict[str, dict[str, Summary]]:
+    """The change of a method's final pass@k from the baseline's, per seed and prompt (method - baseline on the same
+    prompt in the same seed), summarised like pass@k itself: pairing takes out how hard each prompt is, which
+    dominates the spread of either side alone, so the interval is the one that says whether the method moved it.
+    {} for the baseline itself, checkpoints, or seeds without a baseline point."""
+    if not found or not found[0].final or found[0].method == spec.baseline:
+        return {}
+    base = {p.seed: p for p in points if p.final and p.method == spec.baseline and p.pass_at_k}
+    if any(p.seed not in base for p in found):
+        return {}
+    return pass_at_k_summaries(found, spec, groups, minus=[base[p.seed] for p in found])
 
 
 def _row_json(row: Row) -> dict[str, Any]:
@@ -530,10 +692,23 @@ COLUMNS = (
     "train_time_s",
     "peak_mem_mb",
 )
+PASS_COLUMNS = (
+    "method",
+    "group",
+    "k",
+    "n_seeds",
+    "mean",
+    "ci_low",
+    "ci_high",
+    "change",
+    "change_ci_low",
+    "change_ci_high",
+)
 
 
 def write_table(result: CompareResult, num_prompts: int, spec: CompareSpec, pipeline: Pipeline | None = None) -> None:
-    """summary.md (final rows, ranking, probability of improvement) and summary.csv (every row, checkpoints too)."""
+    """summary.md (final rows, ranking, pass@k, probability of improvement), summary.csv (every row, checkpoints
+    too) and, with pass@k, pass_at_k.csv (long format: a line per method, group and k)."""
     out = result.out_dir
     base = next(r for r in result.rows if r.method == result.baseline and r.final)
     with (out / "summary.csv").open("w", newline="") as f:
@@ -590,6 +765,9 @@ def write_table(result: CompareResult, num_prompts: int, spec: CompareSpec, pipe
             f"{_fmt(r.train_time_s, 0, ' s')} | {_fmt(r.peak_mem_mb, 0, ' MB')} |"
         )
     lines += ["", *ranking_lines(result)]
+    if result.pass_at_k_rows():
+        lines += ["", *pass_at_k_lines(result, spec)]
+        write_pass_at_k_csv(result, out / "pass_at_k.csv")
     if result.failed:
         lines += ["", "Runs that did not finish (left out above):", ""]
         lines += [f"- `{label}`: {why}" for label, why in result.failed.items()]
@@ -611,6 +789,92 @@ def write_table(result: CompareResult, num_prompts: int, spec: CompareSpec, pipe
             ]
             lines.append(f"| {m} | " + " | ".join(cells) + " |")
     (out / "summary.md").write_text("\n".join(lines) + "\n")
+
+
+def _pass_label(key: str) -> str:
+    return "greedy pass@1" if key == GREEDY else f"pass@{key}"
+
+
+def pass_at_k_lines(result: CompareResult, spec: CompareSpec) -> list[str]:
+    """The Pass@k section of summary.md: a table over all prompts (greedy pass@1, then every k), what n, threshold
+    and temperature were, a smaller table per group (greedy, the smallest and the largest k; every k when there
+    are at most three), and which methods' intervals lie above or below the baseline's."""
+    rows = result.pass_at_k_rows()
+    pass_spec = spec.pass_at_k
+    if not rows or pass_spec is None:
+        return []
+    keys = list(rows[0].pass_at_k[ALL])
+    ks = [key for key in keys if key != GREEDY]
+    ends = list(dict.fromkeys([ks[0], ks[-1]]))  # pass@1 and pass@max k by default
+    few = keys if len(ks) <= 3 else [key for key in keys if key == GREEDY or key in ends]
+
+    def table(group: str, shown: list[str]) -> list[str]:
+        out = [
+            "| method | n | " + " | ".join(_pass_label(k) for k in shown) + " |",
+            "|---|---:|" + "---:|" * len(shown),
+        ]
+        for r in rows:
+            stats = r.pass_at_k[group]
+            out.append(f"| {r.method} | {stats[shown[0]].n_seeds} | " + " | ".join(_ci(stats[k]) for k in shown) + " |")
+        return out
+
+    greedy = " Greedy pass@1: one argmax answer per prompt, correct or not." if pass_spec.greedy else ""
+    n_prompts = rows[0].pass_at_k[ALL][keys[0]].n_prompts
+    lines = [
+        "## Pass@k",
+        "",
+        f"Pass@k on {n_prompts} held-out prompts: the chance that at least one of k sampled answers is correct (true "
+        f"reward >= {pass_spec.threshold:g}), estimated per prompt from n = {pass_spec.samples} samples at "
+        f"temperature {spec.temperature:g}, c of them correct, as 1 - C(n - c, k) / C(n, k) (Chen et al. 2021), "
+        f"then averaged over prompts and seeds.{greedy} Brackets: 95% bootstrap interval, as above.",
+        "",
+        *table(ALL, keys),
+    ]
+    groups = [g for g in rows[0].pass_at_k if g != ALL]
+    for g in groups:
+        size = rows[0].pass_at_k[g][keys[0]].n_prompts
+        lines += ["", f"{pass_spec.by} = {g} ({size} prompt{'s' if size != 1 else ''}):", "", *table(g, few)]
+    changed = [r for r in rows if r.pass_at_k_change]
+    if not changed:
+        return lines
+    lines += [
+        "",
+        f"Change from {result.baseline}, paired: each seed's per-prompt pass@k minus {result.baseline}'s on the same "
+        f"prompt in the same seed, then averaged; 95% bootstrap interval as above. An interval above 0: the method "
+        f"raised it on these prompts over these seeds; one that holds 0: no change shown.",
+        "",
+    ]
+    for g in [ALL, *groups]:
+        where = "all prompts" if g == ALL else f"{pass_spec.by} = {g}"
+        shown = [key for key in keys if key == GREEDY or key in ends]
+        lines += [
+            f"| change, {where} | " + " | ".join(_pass_label(k) for k in shown) + " |",
+            "|---|" + "---:|" * len(shown),
+        ]
+        for r in changed:
+            cells = [f"{_ci(r.pass_at_k_change[g][k], sign=True)}{_side(r.pass_at_k_change[g][k])}" for k in shown]
+            lines.append(f"| {r.method} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return lines[:-1]
+
+
+def _side(s: Summary) -> str:
+    """' ↑' when the interval lies above 0, ' ↓' below it, '' when it holds 0."""
+    return " ↑" if s.ci[0] > 0 else " ↓" if s.ci[1] < 0 else ""
+
+
+def write_pass_at_k_csv(result: CompareResult, path: Path) -> None:
+    """pass_at_k.csv: method, group, k ("greedy" or the number), n_seeds, mean, ci_low, ci_high, and the paired
+    change from the baseline with its interval (empty for the baseline)."""
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(PASS_COLUMNS)
+        for r in result.pass_at_k_rows():
+            for group, stats in r.pass_at_k.items():
+                for key, s in stats.items():
+                    change = r.pass_at_k_change.get(group, {}).get(key)
+                    paired = [change.mean, *change.ci] if change is not None else ["", "", ""]
+                    writer.writerow([r.method, group, key, s.n_seeds, s.mean, *s.ci, *paired])
 
 
 def ranking_lines(result: CompareResult) -> list[str]:
@@ -648,26 +912,66 @@ def _improvement(result: CompareResult, spec: CompareSpec) -> tuple[list[str], A
     return improvement_matrix(scores, reps=spec.bootstrap_reps, prompts=spec.bootstrap_prompts)
 
 
+def _pass_tag(group: str, key: str) -> str:
+    """`eval/pass@k/<key>` over all prompts, `eval/pass@k/<group>/<key>` for a group (a slash or space in the
+    label becomes _, so that the label stays one level of TensorBoard's tag tree)."""
+    if group == ALL:
+        return f"{PASS_TAG}/{key}"
+    return f"{PASS_TAG}/{_TAG_BREAKS.sub('_', group)}/{key}"
+
+
+def pass_at_k_scalars(p: Point | Row, groups: Sequence[str] | None = None) -> dict[str, float]:
+    """The `eval/pass@k/*` TensorBoard values of one seed's point (means over its prompts) or of a row (means over
+    seeds and prompts): greedy and each k, over all prompts and over each group's (`groups`: a label per prompt,
+    which a row already holds its summaries by)."""
+    if isinstance(p, Row):
+        return {_pass_tag(g, key): s.mean for g, stats in p.pass_at_k.items() for key, s in stats.items()}
+    labels = np.asarray(groups) if groups is not None else None
+    out = {}
+    for key, scores in p.pass_at_k.items():
+        x = np.asarray(scores, dtype=np.float64)
+        out[_pass_tag(ALL, key)] = float(x.mean())
+        for g in group_order(groups) if groups is not None else []:
+            out[_pass_tag(g, key)] = float(x[labels == g].mean())
+    return out
+
+
+def pass_at_k_curve(p: Point | Row) -> dict[int, float]:
+    """k -> pass@k over all prompts (the mean over prompts, or over seeds and prompts): `eval/pass@k/curve`."""
+    if isinstance(p, Row):
+        stats = p.pass_at_k.get(ALL, {})
+        return {int(key): s.mean for key, s in stats.items() if key != GREEDY}
+    return {int(key): float(np.mean(v)) for key, v in p.pass_at_k.items() if key != GREEDY}
+
+
 def write_tensorboard(result: CompareResult, pipeline: Pipeline, done: PipelineResult) -> None:
     """tensorboard/<method>/seed_<k>: the run's training events and its `compare/*` points; <method>/mean: the
-    seed mean of every `compare/*` tag. Best-of-n and the baseline's own points go under the baseline."""
+    seed mean of every `compare/*` tag. Best-of-n and the baseline's own points go under the baseline. With
+    pass@k, `eval/pass@k/*` at the baseline's step 0 and the final step, and `eval/pass@k/curve` of the method's
+    final policy with k as its step."""
     from torch.utils.tensorboard import SummaryWriter
 
     root = result.out_dir / "tensorboard"
     spec: CompareSpec = pipeline.compare
     base = {p.seed: p for p in result.finals() if p.method == spec.baseline}
 
-    def write(dest: Path, points: list[tuple[int, float | None, tuple[float | None, ...]]]) -> None:
+    def write(
+        dest: Path, points: list[tuple[int, float | None, dict[str, float | None]]], final: Point | Row | None
+    ) -> None:
         with SummaryWriter(str(dest)) as writer:
             for step, when, values in points:
-                for tag, value in zip(TAGS, values, strict=True):
+                for tag, value in values.items():
                     if value is not None:
                         writer.add_scalar(tag, value, step, walltime=when)
+            for k, value in (pass_at_k_curve(final) if final is not None else {}).items():
+                writer.add_scalar(f"{PASS_TAG}/curve", value, k)
 
-    def values(p: Point | Row) -> tuple[float | None, ...]:
+    def values(p: Point | Row) -> dict[str, float | None]:
         if isinstance(p, Row):
-            return (p.reward.mean, p.kl.mean, p.rm_score, p.length)
-        return (p.true_reward, p.kl, p.rm_score, p.length)
+            numbers = (p.reward.mean, p.kl.mean, p.rm_score, p.length)
+        else:
+            numbers = (p.true_reward, p.kl, p.rm_score, p.length)
+        return {**dict(zip(TAGS, numbers, strict=True)), **pass_at_k_scalars(p, result.prompt_groups)}
 
     for method in dict.fromkeys(p.method for p in result.points if p.algorithm != BEST_OF):
         stage = method
@@ -686,15 +990,20 @@ def write_tensorboard(result: CompareResult, pipeline: Pipeline, done: PipelineR
                     (p.step, started + p.train_time_s if started and p.train_time_s is not None else None, values(p))
                     for p in mine
                 ],
+                next((p for p in mine if p.method == method and p.final), None),
             )
         rows = sorted((r for r in result.rows if r.method == method), key=lambda r: r.step)
         if method != spec.baseline:  # the mean curve starts at the baseline's mean too
             rows = [r for r in result.final_rows() if r.method == spec.baseline] + rows
-        write(root / method / "mean", [(0 if r.method == spec.baseline else r.step, None, values(r)) for r in rows])
+        final = next((r for r in rows if r.method == method and r.final), None)
+        write(
+            root / method / "mean", [(0 if r.method == spec.baseline else r.step, None, values(r)) for r in rows], final
+        )
 
 
 def plot(result: CompareResult, out: Path, spec: CompareSpec) -> None:
-    """frontier.png, curves.png, improvement.png and reward_vs_time.png (alignkit/compare_plots.py)."""
+    """frontier.png, curves.png, improvement.png, reward_vs_time.png, and with pass@k pass_at_k.png and
+    pass1_vs_kl.png (alignkit/compare_plots.py)."""
     from alignkit.compare_plots import plot_all
 
-    plot_all(result, out, reps=spec.bootstrap_reps, prompts=spec.bootstrap_prompts)
+    plot_all(result, out, reps=spec.bootstrap_reps, prompts=spec.bootstrap_prompts, pass_at_k=spec.pass_at_k)

@@ -1,4 +1,5 @@
-"""The figures of `alignkit compare`: frontier, training curves, probability of improvement, reward vs time.
+"""The figures of `alignkit compare`: frontier, training curves, probability of improvement, reward vs time, and
+with pass@k, pass@k curves and pass@1 vs KL.
 
 Each figure shows the seed mean with its 95% bootstrap interval (seeds resampled, then prompts; prompts only
 with one seed) from the `Row`s of a `CompareResult`, and where it helps each seed's own value, faint. A trained
@@ -17,8 +18,11 @@ from matplotlib import colormaps
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.transforms import ScaledTranslation
 
-from alignkit.compare import BEST_OF, CompareResult, Row, final_scores
+from alignkit.compare import ALL, BEST_OF, GREEDY, CompareResult, Row, final_scores
+from alignkit.pipeline import PassAtKSpec
 from alignkit.stats import Summary, improvement_matrix
 
 DPI = 130
@@ -75,9 +79,18 @@ class _View:
         return "one seed: 95% bootstrap CI over prompts only"
 
 
-def plot_all(result: CompareResult, out: Path, *, reps: int = 2000, prompts: str = "crossed") -> None:
-    """frontier.png, curves.png, improvement.png and reward_vs_time.png in `out`. `reps`: bootstrap replicates
-    of the probability-of-improvement intervals (the table's `compare.bootstrap_reps` gives the same numbers)."""
+def plot_all(
+    result: CompareResult,
+    out: Path,
+    *,
+    reps: int = 2000,
+    prompts: str = "crossed",
+    pass_at_k: PassAtKSpec | None = None,
+) -> None:
+    """frontier.png, curves.png, improvement.png and reward_vs_time.png in `out`, and pass_at_k.png and
+    pass1_vs_kl.png when the result has pass@k (`pass_at_k`, compare.pass_at_k, only words the titles). `reps`:
+    bootstrap replicates of the probability-of-improvement intervals (the table's `compare.bootstrap_reps` gives
+    the same numbers)."""
     view = _View.of(result)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -85,6 +98,9 @@ def plot_all(result: CompareResult, out: Path, *, reps: int = 2000, prompts: str
     curves(view).savefig(out / "curves.png", dpi=DPI)
     improvement(view, reps, prompts).savefig(out / "improvement.png", dpi=DPI)
     reward_vs_time(view).savefig(out / "reward_vs_time.png", dpi=DPI)
+    if view.base.pass_at_k:
+        pass_at_k_curves(view, pass_at_k).savefig(out / "pass_at_k.png", dpi=DPI)
+        pass1_vs_kl(view, pass_at_k).savefig(out / "pass1_vs_kl.png", dpi=DPI)
 
 
 def _figure(width: float, height: float, ncols: int = 1) -> tuple[Figure, list[Axes]]:
@@ -297,4 +313,101 @@ def reward_vs_time(view: _View) -> Figure:
     ax.set_title(f"True reward vs training time\n{how}", fontsize=11)
     ax.grid(alpha=0.3, lw=0.5)
     _legend(ax)
+    return fig
+
+
+def _sampled(stats: dict[str, Summary]) -> list[int]:
+    """The k of a row's pass@k summaries of one group, ascending (greedy left out)."""
+    return sorted(int(key) for key in stats if key != GREEDY)
+
+
+def _how_sampled(spec: PassAtKSpec | None, view: _View) -> str:
+    if spec is None:
+        return view.intervals()
+    return f"n = {spec.samples} samples per prompt, correct: true reward >= {spec.threshold:g}\n{view.intervals()}"
+
+
+def pass_at_k_curves(view: _View, spec: PassAtKSpec | None = None) -> Figure:
+    """Pass@k against k on a log2 axis, a panel per prompt group (all prompts first): each method's final policy
+    with its 95% band, the baseline black and dashed. A method above the baseline at k = 1 but not at the largest
+    k sharpened what the baseline could already sample rather than widening it (Yue et al. 2025)."""
+    base = view.base
+    groups = list(base.pass_at_k)
+    ncols = min(len(groups), 3)
+    nrows = -(-len(groups) // ncols)
+    fig = Figure(figsize=(4.3 * ncols + 2.4, 3.7 * nrows + 0.8), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = list(np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False).ravel()))
+    for ax in axes[len(groups) :]:
+        ax.set_axis_off()
+
+    def draw(ax: Axes, row: Row, group: str, color: Any, style: str, label: str) -> None:
+        stats = row.pass_at_k[group]
+        ks = _sampled(stats)
+        rows = [stats[str(k)] for k in ks]
+        ax.fill_between(ks, [s.ci[0] for s in rows], [s.ci[1] for s in rows], color=color, alpha=0.15, lw=0)
+        ax.plot(ks, [s.mean for s in rows], style, color=color, ms=3, lw=1.5, label=label)
+
+    for ax, group in zip(axes, groups, strict=False):
+        draw(ax, base, group, "k", "--o", f"{view.result.baseline} (start)")
+        for m in view.methods:
+            row = view.final(m)
+            if row is not None and group in row.pass_at_k:
+                draw(ax, row, group, view.colors[m], "-o", view.label(m))
+        ks = _sampled(base.pass_at_k[group])
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(ks, [str(k) for k in ks])
+        ax.minorticks_off()
+        ax.set_ylim(-0.02, 1.02)
+        ax.grid(alpha=0.3, lw=0.5)
+        size = base.pass_at_k[group][str(ks[0])].n_prompts
+        by = f"{spec.by} = " if spec is not None and spec.by is not None else ""
+        ax.set_title(("all prompts" if group == ALL else f"{by}{group}") + f" ({size} prompts)", fontsize=10)
+        ax.set_xlabel("k (log scale)")
+        ax.set_ylabel("pass@k")
+    fig.suptitle(f"Pass@k of the final policies\n{_how_sampled(spec, view)}", fontsize=11)
+    _legend(axes[ncols - 1], axes[0])
+    return fig
+
+
+def pass1_vs_kl(view: _View, spec: PassAtKSpec | None = None) -> Figure:
+    """Pass@1 against KL to the baseline, final policies over all prompts: sampled pass@1 (filled) and greedy
+    pass@1 (open, same colour, just right of it) with their 95% intervals, KL with its interval; the baseline black
+    at KL 0."""
+    fig, (ax,) = _figure(9.0, 5.6)
+    base = view.base
+    one = str(_sampled(base.pass_at_k[ALL])[0])  # pass@1 unless compare.pass_at_k.k leaves 1 out
+    rows = [(base, "k", f"{view.result.baseline} (start)", "s")]
+    rows += [(r, view.colors[m], view.label(m), "o") for m in view.methods if (r := view.final(m)) and r.pass_at_k]
+    beside = ScaledTranslation(6 / 72, 0, fig.dpi_scale_trans)
+    for row, color, label, marker in rows:
+        kl = 0.0 if row is base else row.kl.mean
+        xerr = None if row is base else _err(row.kl)
+        stats = row.pass_at_k[ALL]
+        ax.errorbar(
+            [kl], [stats[one].mean], xerr=xerr, yerr=_err(stats[one]), fmt=marker, color=color, ms=7, lw=1.5,
+            capsize=3, zorder=4, label=label,
+        )  # fmt: skip
+        if GREEDY in stats:  # 6 points to the right, so that its interval does not hide the sampled one's
+            ax.errorbar(
+                [kl], [stats[GREEDY].mean], yerr=_err(stats[GREEDY]), fmt=marker, color=color, mfc="white", ms=7,
+                lw=1, capsize=2, zorder=3, transform=ax.transData + beside,
+            )  # fmt: skip
+    _sqrt_axis(ax, [0.0, *(x for r, *_ in rows[1:] for x in r.kl.ci)])
+    # the shifted markers do not widen the autoscaled limits: set them from every interval shown
+    ends = [x for r, *_ in rows for key in (one, GREEDY) if key in r.pass_at_k[ALL] for x in r.pass_at_k[ALL][key].ci]
+    pad = max(0.02, 0.06 * (max(ends) - min(ends)))
+    ax.set_ylim(min(ends) - pad, max(ends) + pad)
+    ax.set_xlabel(f"KL(policy ‖ {view.result.baseline}) per response, nats (square-root scale)")
+    ax.set_ylabel(f"pass@{one} (all held-out prompts)")
+    ax.grid(alpha=0.3, lw=0.5)
+    handles, labels = ax.get_legend_handles_labels()
+    kinds = [Line2D([], [], marker="o", color="0.4", ls="", ms=7, label=f"filled: sampled pass@{one}")]
+    if GREEDY in base.pass_at_k[ALL]:
+        kinds.append(Line2D([], [], marker="o", color="0.4", mfc="white", ls="", ms=7, label="open: greedy pass@1"))
+    ax.legend(
+        [*handles, *kinds], [*labels, *(h.get_label() for h in kinds)], loc="upper left", bbox_to_anchor=(1.01, 1.0),
+        fontsize=9, frameon=False,
+    )  # fmt: skip
+    ax.set_title(f"Pass@{one} vs KL, final policies\n{_how_sampled(spec, view)}", fontsize=11)
     return fig

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from alignkit.algorithms import ALGORITHMS
 from alignkit.config.base import Spec
@@ -125,6 +125,49 @@ def comparable(config: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+class PassAtKSpec(Spec):
+    """`compare.pass_at_k`: pass@k of the baseline and each compared method's final policy on verifiable prompts."""
+
+    k: list[Annotated[int, Field(ge=1)]] = Field(
+        [1, 2, 4, 8, 16, 32, 64],
+        min_length=1,
+        description="The k of pass@k: the chance that at least one of k samples is correct, estimated without bias "
+        "from `samples` answers per prompt (Chen et al. 2021).",
+    )
+    samples: int = Field(
+        64,
+        ge=1,
+        description="n: sampled answers per prompt and policy (at compare.temperature); at least the largest k. "
+        "Each generation batch holds compare.micro_batch_size x samples responses: lower micro_batch_size for "
+        "large models.",
+    )
+    threshold: float = Field(
+        1.0,
+        description="A response counts as correct when its true reward is at least this (so a true reward that "
+        "adds e.g. 0.1 for the format to a 0/1 correctness still counts correctness alone).",
+    )
+    greedy: bool = Field(True, description="Also greedy pass@1: one argmax answer per prompt, right or wrong.")
+    by: str | None = Field(
+        "difficulty",
+        description="A column of the held-out prompt rows to split the results by (e.g. the reasoning tasks' "
+        "`difficulty`); null: no split.",
+    )
+
+    @field_validator("k")
+    @classmethod
+    def _ascending(cls, k: list[int]) -> list[int]:
+        return sorted(set(k))  # the table's columns and the curves' points, in order
+
+    @model_validator(mode="after")
+    def _enough_samples(self) -> PassAtKSpec:
+        if self.samples < max(self.k):
+            raise ValueError(
+                f"samples: pass@{max(self.k)} needs at least {max(self.k)} samples per prompt (got {self.samples}); "
+                f"set compare.pass_at_k.samples to {max(self.k)} or more, or drop the k above {self.samples}"
+            )
+        return self
+
+
 class CompareSpec(Spec):
     """The `compare:` section of a pipeline file."""
 
@@ -187,6 +230,11 @@ class CompareSpec(Spec):
         description="How a bootstrap replicate redraws prompts after drawing seeds: `crossed` draws one set of "
         "prompts for every drawn seed (every seed answers the same prompts, so a prompt's difficulty is shared), "
         "`nested` redraws them within each drawn seed (narrower intervals when prompts differ a lot).",
+    )
+    pass_at_k: PassAtKSpec | None = Field(
+        None,
+        description="Pass@k of the baseline and each compared method's final policy (a table, pass_at_k.csv and "
+        "figures), for a true reward that says right or wrong (e.g. `exact_answer`); null: none.",
     )
 
     def seed_list(self) -> list[int] | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from alignkit.data.generators import DATASETS, GENERATOR_KINDS, sentiment_score, write_jsonl
+from alignkit.data.reasoning import answer_line, evaluate_steps
 from alignkit.data.sentiment import Labeller, continue_review, sample_review, true_reward
 from alignkit.data.spec import DataSpec, RecordKind, SourceSpec
 from alignkit.lazy import lazy_attributes
@@ -38,8 +39,10 @@ __all__ = [
     "Labeller",
     "RecordKind",
     "SourceSpec",
+    "answer_line",
     "build_datasets",
     "continue_review",
+    "evaluate_steps",
     "load_records",
     "sample_review",
     "sentiment_score",

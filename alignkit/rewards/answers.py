@@ -5,12 +5,17 @@ Torch-free (the rule rewards that use it are listed by config-only commands). Tw
 response counts, so a response may think aloud before it answers. Numbers compare by value: whitespace, a
 leading +, thousands separators, a trailing period, a Unicode minus and trailing zeros after a decimal point do
 not matter ("1,234." == "+1234" == "1234.0"), and fractions compare exactly ("3/4" == "0.75"). Anything that is
-not a number compares as text, after whitespace is collapsed.
+not a number compares as text, after whitespace is collapsed (and around commas, so lists such as "3,7, 19" and
+"3, 7, 19" are the same). Countdown answers are expressions: `evaluate_expression` computes one exactly and
+`countdown_solves` checks that it uses each given number once and reaches the target.
 """
 
 from __future__ import annotations
 
+import ast
 import re
+from collections import Counter
+from collections.abc import Sequence
 from fractions import Fraction
 from typing import Literal
 
@@ -55,4 +60,59 @@ def same_answer(predicted: str | None, gold: str | int | float) -> bool:
     a, b = as_number(predicted), as_number(gold)
     if a is not None and b is not None:
         return a == b
-    return " ".join(predicted.split()).casefold() == " ".join(gold.split()).casefold()
+    return _as_text(predicted) == _as_text(gold)
+
+
+def _as_text(text: str) -> str:
+    return re.sub(r"\s*,\s*", ", ", " ".join(text.split())).casefold()
+
+
+# multiplication and division as people type them; `**` is left out on purpose (it is not an allowed operation)
+_OPERATOR_SIGNS = str.maketrans({"x": "*", "X": "*", "\u00d7": "*", "\u00f7": "/", "\u2212": "-"})
+_OPERATORS = {ast.Add: lambda a, b: a + b, ast.Sub: lambda a, b: a - b, ast.Mult: lambda a, b: a * b}
+MAX_EXPRESSION_CHARS = 200  # a response can be long; a countdown answer is not, and parsing costs per character
+
+
+def _walk(node: ast.AST, numbers: list[int]) -> Fraction:
+    """The exact value of a parsed expression of whole numbers with + - * / and parentheses; appends each number
+    it uses to `numbers`. Raises ValueError on anything else (names, calls, powers, floats, unary minus)."""
+    if isinstance(node, ast.Constant) and type(node.value) is int:
+        numbers.append(node.value)
+        return Fraction(node.value)
+    if isinstance(node, ast.BinOp):
+        a, b = _walk(node.left, numbers), _walk(node.right, numbers)
+        if isinstance(node.op, ast.Div):
+            if b == 0:
+                raise ValueError("division by zero")
+            return a / b
+        if type(node.op) in _OPERATORS:
+            return _OPERATORS[type(node.op)](a, b)
+    raise ValueError(f"not allowed in an answer: {ast.dump(node)[:40]}")
+
+
+def _parse_expression(text: str) -> tuple[Fraction, list[int]] | None:
+    text = text.strip().removesuffix(".").translate(_OPERATOR_SIGNS)
+    if not text or len(text) > MAX_EXPRESSION_CHARS:
+        return None
+    try:
+        numbers: list[int] = []
+        return _walk(ast.parse(text, mode="eval").body, numbers), numbers
+    except (SyntaxError, ValueError, RecursionError):
+        return None
+
+
+def evaluate_expression(text: str) -> Fraction | None:
+    """The exact value of `12-5*(3+1)` and the like: whole numbers, + - * / (x and the signs x, ÷ too) and
+    parentheses; None for anything else, a division by zero, or more than MAX_EXPRESSION_CHARS characters."""
+    parsed = _parse_expression(text)
+    return None if parsed is None else parsed[0]
+
+
+def countdown_solves(expression: str | None, numbers: Sequence[int], target: int) -> bool:
+    """Whether `expression` uses each of `numbers` exactly once (as many times as it is given) and equals `target`
+    exactly (intermediate fractions allowed, as the value is what is checked)."""
+    parsed = _parse_expression(expression) if expression is not None else None
+    if parsed is None:
+        return False
+    value, used = parsed
+    return value == target and Counter(used) == Counter(int(x) for x in numbers)

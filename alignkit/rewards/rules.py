@@ -7,7 +7,7 @@ from collections.abc import Callable, Sequence
 
 from alignkit.data.sentiment import true_reward
 from alignkit.registry import Registry
-from alignkit.rewards.answers import AnswerFormat, extract_answer, same_answer
+from alignkit.rewards.answers import AnswerFormat, countdown_solves, extract_answer, same_answer
 
 RuleReward = Callable[..., list[float]]
 REWARDS: Registry[RuleReward] = Registry("reward")
@@ -64,6 +64,22 @@ def exact_answer(
     the prompt row's `answer` column, by value for numbers (alignkit.rewards.answers), else 0; no answer scores 0."""
     return [
         float(same_answer(extract_answer(c, answer_format), gold)) for c, gold in zip(completions, answer, strict=True)
+    ]
+
+
+@REWARDS.register("countdown")
+def countdown(
+    prompts: Sequence[str],
+    completions: Sequence[str],
+    numbers: Sequence[Sequence[int]],
+    target: Sequence[int],
+    answer_format: AnswerFormat = "hash",
+) -> list[float]:
+    """1 when the response's last stated answer is an expression that uses each of the row's `numbers` exactly once
+    with + - * / and equals its `target` (the countdown task, alignkit.data.reasoning), else 0."""
+    return [
+        float(countdown_solves(extract_answer(c, answer_format), nums, goal))
+        for c, nums, goal in zip(completions, numbers, target, strict=True)
     ]
 
 

@@ -115,3 +115,31 @@ def test_up_to_eighteen_methods_get_a_colour_each(tmp_path: Path) -> None:
     methods = {f"m{i}": ([10], 1.0, 2.0, 0.1) for i in range(18)}
     view = _View.of(synthetic(tmp_path, [0], methods, best_of=()))
     assert len(view.methods) == 18 and len(set(view.colors.values())) == 18
+
+
+def test_pass_at_k_figures_are_drawn_when_the_result_has_pass_at_k(tmp_path: Path) -> None:
+    """The final policies get per-prompt pass@k (greedy, k = 1, 2, 4, 8) that rises with k, 4 prompt groups of 6:
+    pass_at_k.png (a panel per group and one for all prompts) and pass1_vs_kl.png are written, readable; without
+    pass@k (the other tests) neither is."""
+    from alignkit.pipeline import PassAtKSpec
+
+    full = synthetic(tmp_path, [0, 1, 2], best_of=())
+    groups = [f"terms={2 + i % 4}" for i in range(24)]
+    rng = np.random.default_rng(1)
+    skill = {"sft": 0.2, "dpo": 0.3, "grpo": 0.45}
+    for p in full.finals():
+        solve = np.clip(skill[p.method] - 0.08 * (np.arange(24) % 4) + rng.normal(0, 0.05, 24), 0.0, 1.0)
+        p.pass_at_k = {"greedy": (solve > 0.3).astype(float).tolist()}
+        p.pass_at_k |= {str(k): (1 - (1 - solve) ** k).tolist() for k in (1, 2, 4, 8)}
+    result = CompareResult(tmp_path, full.points, aggregate(full.points, SPEC, groups), prompt_groups=groups)
+    assert list(result.final_rows()[0].pass_at_k) == ["all", "terms=2", "terms=3", "terms=4", "terms=5"]
+    plot_all(result, tmp_path, reps=50, pass_at_k=PassAtKSpec(k=[1, 2, 4, 8], samples=8))
+    for name in ("pass_at_k.png", "pass1_vs_kl.png"):
+        path = tmp_path / name
+        assert path.stat().st_size > 20_000, name
+        with Image.open(path) as image:
+            image.verify()
+            assert image.format == "PNG" and min(image.size) > 400, (name, image.size)
+    no_pass = tmp_path / "plain"
+    plot_all(synthetic(no_pass, [0], best_of=()), no_pass, reps=50)
+    assert not (no_pass / "pass_at_k.png").exists() and not (no_pass / "pass1_vs_kl.png").exists()

@@ -127,6 +127,22 @@ def test_compare_section_checked(write_yaml: WriteYaml, tmp_path: Path) -> None:
     assert "compare.runs[1]: unknown stage 'sft2'" in str(err.value)
 
 
+def test_compare_pass_at_k_needs_as_many_samples_as_its_largest_k(write_yaml: WriteYaml, tmp_path: Path) -> None:
+    text = PIPELINE + (
+        "    compare:\n      prompts: {generator: reverse_words}\n"
+        "      true_reward: {kind: rule, name: length_target}\n"
+        "      pass_at_k: {k: [1, 4, 16], samples: 8, by: null}\n"
+    )
+    with pytest.raises(ConfigError) as err:
+        load_pipeline(pipeline_file(write_yaml, tmp_path, text))
+    assert [str(p) for p in err.value.problems] == [
+        "compare.pass_at_k.samples: pass@16 needs at least 16 samples per prompt (got 8); set "
+        "compare.pass_at_k.samples to 16 or more, or drop the k above 8"
+    ]
+    spec = load_pipeline(pipeline_file(write_yaml, tmp_path, text), ["compare.pass_at_k.samples=16"]).compare
+    assert spec is not None and spec.pass_at_k is not None and spec.pass_at_k.by is None
+
+
 def _fake_run(stage_root: Path, version: int, config: dict, status: str, *, ckpt: bool = False) -> Path:
     run = stage_root / f"version_{version}"
     (run / "hf" / "policy").mkdir(parents=True)

@@ -355,7 +355,7 @@ def problems(section: dict[str, Any]) -> list[str]:
 
 def test_spec_unknown_rule_names_the_closest() -> None:
     assert problems({"source": {"kind": "rule", "name": "lenght_target"}}) == [
-        "source.name: unknown reward 'lenght_target'; allowed: answer_format, exact_answer, keyword_count, "
+        "source.name: unknown reward 'lenght_target'; allowed: answer_format, countdown, exact_answer, keyword_count, "
         "length_target, regex_match, review_sentiment; did you mean 'length_target'?"
     ]
 
