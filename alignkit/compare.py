@@ -23,8 +23,9 @@ method's final policy also draw `pass_at_k.samples` answers per prompt, whose co
 unbiased pass@k (Chen et al. 2021), and one greedy answer per prompt: the question of Yue et al. 2025 ("Does
 reinforcement learning really incentivize reasoning capacity beyond the base model?"), whether RL raises pass@1
 only or the large-k end of the curve too. Summarised like the true reward, over all prompts and per value of the
-prompts' `pass_at_k.by` column: a Pass@k section in summary.md, pass_at_k.csv, pass_at_k.png, pass1_vs_kl.png and
-`eval/pass@k/*` TensorBoard tags.
+prompts' `pass_at_k.by` column, and as the change from the baseline paired by seed and prompt: a Pass@k section in
+summary.md, pass_at_k.csv, pass_at_k.png, pass_at_k_change.png, pass1_vs_kl.png and `eval/pass@k/*` TensorBoard
+tags.
 """
 
 from __future__ import annotations
@@ -1002,8 +1003,8 @@ def write_tensorboard(result: CompareResult, pipeline: Pipeline, done: PipelineR
 
 
 def plot(result: CompareResult, out: Path, spec: CompareSpec) -> None:
-    """frontier.png, curves.png, improvement.png, reward_vs_time.png, and with pass@k pass_at_k.png and
-    pass1_vs_kl.png (alignkit/compare_plots.py)."""
+    """frontier.png, curves.png, improvement.png, reward_vs_time.png, and with pass@k pass_at_k.png,
+    pass_at_k_change.png and pass1_vs_kl.png (alignkit/compare_plots.py)."""
     from alignkit.compare_plots import plot_all
 
     plot_all(result, out, reps=spec.bootstrap_reps, prompts=spec.bootstrap_prompts, pass_at_k=spec.pass_at_k)

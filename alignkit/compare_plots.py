@@ -87,10 +87,10 @@ def plot_all(
     prompts: str = "crossed",
     pass_at_k: PassAtKSpec | None = None,
 ) -> None:
-    """frontier.png, curves.png, improvement.png and reward_vs_time.png in `out`, and pass_at_k.png and
-    pass1_vs_kl.png when the result has pass@k (`pass_at_k`, compare.pass_at_k, only words the titles). `reps`:
-    bootstrap replicates of the probability-of-improvement intervals (the table's `compare.bootstrap_reps` gives
-    the same numbers)."""
+    """frontier.png, curves.png, improvement.png and reward_vs_time.png in `out`, and pass_at_k.png,
+    pass_at_k_change.png and pass1_vs_kl.png when the result has pass@k (`pass_at_k`, compare.pass_at_k, only words
+    the titles). `reps`: bootstrap replicates of the probability-of-improvement intervals (the table's
+    `compare.bootstrap_reps` gives the same numbers)."""
     view = _View.of(result)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -101,6 +101,8 @@ def plot_all(
     if view.base.pass_at_k:
         pass_at_k_curves(view, pass_at_k).savefig(out / "pass_at_k.png", dpi=DPI)
         pass1_vs_kl(view, pass_at_k).savefig(out / "pass1_vs_kl.png", dpi=DPI)
+        if any(view.final(m) is not None and view.final(m).pass_at_k_change for m in view.methods):
+            pass_at_k_change(view, pass_at_k).savefig(out / "pass_at_k_change.png", dpi=DPI)
 
 
 def _figure(width: float, height: float, ncols: int = 1) -> tuple[Figure, list[Axes]]:
@@ -331,6 +333,17 @@ def pass_at_k_curves(view: _View, spec: PassAtKSpec | None = None) -> Figure:
     """Pass@k against k on a log2 axis, a panel per prompt group (all prompts first): each method's final policy
     with its 95% band, the baseline black and dashed. A method above the baseline at k = 1 but not at the largest
     k sharpened what the baseline could already sample rather than widening it (Yue et al. 2025)."""
+    return _pass_panels(view, spec, change=False)
+
+
+def pass_at_k_change(view: _View, spec: PassAtKSpec | None = None) -> Figure:
+    """The change of each method's pass@k from the baseline's against k, paired by seed and prompt, a panel per
+    prompt group: where pass@k_curves' bands overlap because prompts differ in difficulty, these say on which side
+    of 0 each method's change lies, at each k."""
+    return _pass_panels(view, spec, change=True)
+
+
+def _pass_panels(view: _View, spec: PassAtKSpec | None, *, change: bool) -> Figure:
     base = view.base
     groups = list(base.pass_at_k)
     ncols = min(len(groups), 3)
@@ -341,31 +354,37 @@ def pass_at_k_curves(view: _View, spec: PassAtKSpec | None = None) -> Figure:
     for ax in axes[len(groups) :]:
         ax.set_axis_off()
 
-    def draw(ax: Axes, row: Row, group: str, color: Any, style: str, label: str) -> None:
-        stats = row.pass_at_k[group]
+    def draw(ax: Axes, stats: dict[str, Summary], color: Any, style: str, label: str) -> None:
         ks = _sampled(stats)
         rows = [stats[str(k)] for k in ks]
         ax.fill_between(ks, [s.ci[0] for s in rows], [s.ci[1] for s in rows], color=color, alpha=0.15, lw=0)
         ax.plot(ks, [s.mean for s in rows], style, color=color, ms=3, lw=1.5, label=label)
 
+    start = f"{view.result.baseline} (start)"
     for ax, group in zip(axes, groups, strict=False):
-        draw(ax, base, group, "k", "--o", f"{view.result.baseline} (start)")
+        if change:
+            ax.axhline(0.0, color="k", ls="--", lw=1, label=start)
+        else:
+            draw(ax, base.pass_at_k[group], "k", "--o", start)
+            ax.set_ylim(-0.02, 1.02)
         for m in view.methods:
             row = view.final(m)
-            if row is not None and group in row.pass_at_k:
-                draw(ax, row, group, view.colors[m], "-o", view.label(m))
+            stats = (row.pass_at_k_change if change else row.pass_at_k) if row is not None else {}
+            if group in stats:
+                draw(ax, stats[group], view.colors[m], "-o", view.label(m))
         ks = _sampled(base.pass_at_k[group])
         ax.set_xscale("log", base=2)
         ax.set_xticks(ks, [str(k) for k in ks])
         ax.minorticks_off()
-        ax.set_ylim(-0.02, 1.02)
         ax.grid(alpha=0.3, lw=0.5)
         size = base.pass_at_k[group][str(ks[0])].n_prompts
         by = f"{spec.by} = " if spec is not None and spec.by is not None else ""
         ax.set_title(("all prompts" if group == ALL else f"{by}{group}") + f" ({size} prompts)", fontsize=10)
         ax.set_xlabel("k (log scale)")
-        ax.set_ylabel("pass@k")
-    fig.suptitle(f"Pass@k of the final policies\n{_how_sampled(spec, view)}", fontsize=11)
+        ax.set_ylabel(f"pass@k - {view.result.baseline}'s (paired)" if change else "pass@k")
+    title = "Pass@k of the final policies"
+    title += f" minus {view.result.baseline}'s, paired by seed and prompt" if change else ""
+    fig.suptitle(f"{title}\n{_how_sampled(spec, view)}", fontsize=11)
     _legend(axes[ncols - 1], axes[0])
     return fig
 

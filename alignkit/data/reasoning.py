@@ -95,8 +95,9 @@ def arithmetic(
     answer_format: AnswerFormat = "hash",
     template: Template = "standard",
 ) -> list[dict[str, Any]]:
-    """Integer expressions ('Compute 37+4*12-5.'), worked step by step ('4*12=48, 37+48=85, 85-5=80 / #### 80');
-    difficulty = the number of operands (`terms=3`)."""
+    """Integer expressions ('Compute 37+4*12-5.') with worked solutions ('4*12=48, ...' then '#### 80').
+
+    Difficulty: the number of operands (`terms=3`)."""
     _check_range("terms", min_terms, max_terms, 2)
     _check_ops(ops, "+-*")
     if digits < 1:
@@ -136,9 +137,10 @@ def countdown(
     answer_format: AnswerFormat = "hash",
     template: Template = "standard",
 ) -> list[dict[str, Any]]:
-    """Reach a target from given numbers ('Use 3, 5, 12 once each with + - * / to make 21.'), every step a positive
-    whole number ('12-5=7, 7*3=21 / #### (12-5)*3'); difficulty = how many numbers (`numbers=3`). Every problem is
-    solvable: the target is the value of a random expression of all the numbers."""
+    """Reach a target with + - * /, each given number once ('Use 3, 5, 12 ... to make 21.' -> '#### (12-5)*3').
+
+    Every step is a positive whole number ('12-5=7, 7*3=21'), and every problem is solvable: the target is the
+    value of a random expression of all the numbers. Difficulty: how many numbers (`numbers=3`)."""
     _check_range("numbers", min_numbers, max_numbers, 2)
     _check_ops(ops, "+-*/")
     if max_number < 2:
@@ -186,8 +188,9 @@ def sorting(
     answer_format: AnswerFormat = "hash",
     template: Template = "standard",
 ) -> list[dict[str, Any]]:
-    """Sort numbers ascending ('Sort 42, 7, 19 ascending.' -> '#### 7, 19, 42'); difficulty = the list's length
-    (`length=3`). No steps: the answer line is the whole solution."""
+    """Sort numbers ascending ('Sort 42, 7, 19 ascending.' -> '#### 7, 19, 42'), the answer line alone.
+
+    Difficulty: the list's length (`length=3`)."""
     _check_range("length", min_length, max_length, 2)
     if max_value < 1:
         raise ValueError(f"max_value must be at least 1 (got {max_value})")

@@ -75,8 +75,9 @@ def countdown(
     target: Sequence[int],
     answer_format: AnswerFormat = "hash",
 ) -> list[float]:
-    """1 when the response's last stated answer is an expression that uses each of the row's `numbers` exactly once
-    with + - * / and equals its `target` (the countdown task, alignkit.data.reasoning), else 0."""
+    """1 when the last stated answer uses each of the row's `numbers` once with + - * / to make its `target`, else 0.
+
+    The countdown task of alignkit.data.reasoning; the expression is parsed, never run."""
     return [
         float(countdown_solves(extract_answer(c, answer_format), nums, goal))
         for c, nums, goal in zip(completions, numbers, target, strict=True)

@@ -119,8 +119,8 @@ def test_up_to_eighteen_methods_get_a_colour_each(tmp_path: Path) -> None:
 
 def test_pass_at_k_figures_are_drawn_when_the_result_has_pass_at_k(tmp_path: Path) -> None:
     """The final policies get per-prompt pass@k (greedy, k = 1, 2, 4, 8) that rises with k, 4 prompt groups of 6:
-    pass_at_k.png (a panel per group and one for all prompts) and pass1_vs_kl.png are written, readable; without
-    pass@k (the other tests) neither is."""
+    pass_at_k.png and pass_at_k_change.png (a panel per group and one for all prompts) and pass1_vs_kl.png are
+    written, readable; without pass@k (the other tests) none is."""
     from alignkit.pipeline import PassAtKSpec
 
     full = synthetic(tmp_path, [0, 1, 2], best_of=())
@@ -134,7 +134,7 @@ def test_pass_at_k_figures_are_drawn_when_the_result_has_pass_at_k(tmp_path: Pat
     result = CompareResult(tmp_path, full.points, aggregate(full.points, SPEC, groups), prompt_groups=groups)
     assert list(result.final_rows()[0].pass_at_k) == ["all", "terms=2", "terms=3", "terms=4", "terms=5"]
     plot_all(result, tmp_path, reps=50, pass_at_k=PassAtKSpec(k=[1, 2, 4, 8], samples=8))
-    for name in ("pass_at_k.png", "pass1_vs_kl.png"):
+    for name in ("pass_at_k.png", "pass_at_k_change.png", "pass1_vs_kl.png"):
         path = tmp_path / name
         assert path.stat().st_size > 20_000, name
         with Image.open(path) as image:
@@ -142,4 +142,4 @@ def test_pass_at_k_figures_are_drawn_when_the_result_has_pass_at_k(tmp_path: Pat
             assert image.format == "PNG" and min(image.size) > 400, (name, image.size)
     no_pass = tmp_path / "plain"
     plot_all(synthetic(no_pass, [0], best_of=()), no_pass, reps=50)
-    assert not (no_pass / "pass_at_k.png").exists() and not (no_pass / "pass1_vs_kl.png").exists()
+    assert not any((no_pass / name).exists() for name in ("pass_at_k.png", "pass_at_k_change.png", "pass1_vs_kl.png"))
