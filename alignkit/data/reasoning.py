@@ -23,6 +23,7 @@ Torch-free: generators are listed by config-only commands.
 
 from __future__ import annotations
 
+import operator
 import random
 from collections.abc import Callable
 from typing import Any, Literal
@@ -32,9 +33,13 @@ from alignkit.rewards.answers import AnswerFormat
 
 Template = Literal["standard", "chat"]
 INSTRUCTIONS: dict[str, str] = {"hash": "End with '#### <answer>'.", "tag": "End with '<answer>...</answer>'."}
-# binary operators of the two arithmetic tasks, with their value (exact: countdown's division is checked whole)
-OPERATIONS: dict[str, Callable[[int, int], int]] = {"+": lambda a, b: a + b, "-": lambda a, b: a - b}
-OPERATIONS["*"] = lambda a, b: a * b
+# the operators of arithmetic and countdown; countdown divides only where the division is exact
+OPERATIONS: dict[str, Callable[[int, int], int]] = {
+    "+": operator.add,
+    "-": operator.sub,
+    "*": operator.mul,
+    "/": operator.floordiv,
+}
 
 
 def answer_line(answer: str, fmt: AnswerFormat) -> str:
@@ -122,7 +127,7 @@ def _combine(rng: random.Random, a: tuple[int, str], b: tuple[int, str], ops: st
     if not choices:
         return None
     op = rng.choice(choices)
-    value = {"+": x + y, "-": x - y, "*": x * y, "/": x // y}[op]
+    value = OPERATIONS[op](x, y)
     return value, f"({ex}{op}{ey})", f"{x}{op}{y}={value}"
 
 
