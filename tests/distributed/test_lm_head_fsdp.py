@@ -66,6 +66,9 @@ def worker(rank: int, init_method: str, tied: bool) -> None:
             expected = q.grad.clone()
             dist.all_reduce(expected)  # FSDP averages the ranks' gradients
             torch.testing.assert_close(p.grad.full_tensor(), expected / WORLD_SIZE, atol=1e-5, rtol=1e-5, msg=name)
+        # both ranks done before either tears gloo down: a rank that exits while the other's gloo threads still
+        # talk to it aborted a CI run once ("terminate called without an active exception", SIGABRT)
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
