@@ -36,9 +36,10 @@ def generator(name: str, *kinds: str) -> Callable[[Generator], Generator]:
     return wrap
 
 
-def _check_lengths(min_words: int, max_words: int) -> None:
-    if not 1 <= min_words <= max_words:
-        raise ValueError(f"need 1 <= min_words <= max_words (got min_words={min_words}, max_words={max_words})")
+def check_range(name: str, low: int, high: int, floor: int = 1) -> None:
+    """A generator's `min_<name>`..`max_<name>` knobs: `floor <= low <= high`, or a ValueError naming both."""
+    if not floor <= low <= high:
+        raise ValueError(f"need {floor} <= min_{name} <= max_{name} (got min_{name}={low}, max_{name}={high})")
 
 
 def _words(rng: random.Random, min_words: int, max_words: int) -> list[str]:
@@ -48,7 +49,7 @@ def _words(rng: random.Random, min_words: int, max_words: int) -> list[str]:
 @generator("reverse_words", "completion", "prompt")
 def reverse_words(n: int = 1000, seed: int = 0, min_words: int = 2, max_words: int = 5) -> list[dict[str, Any]]:
     """Reverse a few words: prompt 'reverse: cat dog sun =', completion ' sun dog cat'."""
-    _check_lengths(min_words, max_words)
+    check_range("words", min_words, max_words)
     rng = random.Random(seed)
     rows = []
     for _ in range(n):
@@ -62,7 +63,7 @@ def chat_sft(
     n: int = 1000, seed: int = 0, min_words: int = 2, max_words: int = 5, turns: int = 1
 ) -> list[dict[str, Any]]:
     """Conversations in which the user asks to reverse words and the assistant answers, `turns` times."""
-    _check_lengths(min_words, max_words)
+    check_range("words", min_words, max_words)
     rng = random.Random(seed)
     rows = []
     for _ in range(n):
@@ -96,7 +97,7 @@ def sentiment_pairs(
     temperature: float = 1.0,
 ) -> list[dict[str, Any]]:
     """Pairs of film reviews; the one with more positive than negative words wins (optional BT noise)."""
-    _check_lengths(min_words, max_words)
+    check_range("words", min_words, max_words)
     if temperature <= 0:
         raise ValueError(f"temperature must be positive (got {temperature})")
     rng = random.Random(seed)
@@ -116,7 +117,7 @@ def sentiment_pairs(
 @generator("sentiment_unpaired", "unpaired", "prompt")
 def sentiment_unpaired(n: int = 1000, seed: int = 0, min_words: int = 4, max_words: int = 8) -> list[dict[str, Any]]:
     """Single film reviews labelled desirable when they have more positive than negative words."""
-    _check_lengths(min_words, max_words)
+    check_range("words", min_words, max_words)
     rng = random.Random(seed)
     rows = []
     for _ in range(n):

@@ -28,7 +28,7 @@ import random
 from collections.abc import Callable
 from typing import Any, Literal
 
-from alignkit.data.generators import generator
+from alignkit.data.generators import check_range, generator
 from alignkit.rewards.answers import AnswerFormat
 
 Template = Literal["standard", "chat"]
@@ -66,11 +66,6 @@ def _row(
     return {**row, "answer": answer, "difficulty": difficulty, **extra}
 
 
-def _check_range(name: str, low: int, high: int, floor: int) -> None:
-    if not floor <= low <= high:
-        raise ValueError(f"need {floor} <= min_{name} <= max_{name} (got min_{name}={low}, max_{name}={high})")
-
-
 def _check_ops(ops: str, allowed: str) -> None:
     if not ops or any(op not in allowed for op in ops):
         raise ValueError(f"ops must be a non-empty string of {' '.join(allowed)} (got {ops!r})")
@@ -103,7 +98,7 @@ def arithmetic(
     """Integer expressions ('Compute 37+4*12-5.') with worked solutions ('4*12=48, ...' then '#### 80').
 
     Difficulty: the number of operands (`terms=3`)."""
-    _check_range("terms", min_terms, max_terms, 2)
+    check_range("terms", min_terms, max_terms, 2)
     _check_ops(ops, "+-*")
     if digits < 1:
         raise ValueError(f"digits must be at least 1 (got {digits})")
@@ -146,7 +141,7 @@ def countdown(
 
     Every step is a positive whole number ('12-5=7, 7*3=21'), and every problem is solvable: the target is the
     value of a random expression of all the numbers. Difficulty: how many numbers (`numbers=3`)."""
-    _check_range("numbers", min_numbers, max_numbers, 2)
+    check_range("numbers", min_numbers, max_numbers, 2)
     _check_ops(ops, "+-*/")
     if max_number < 2:
         raise ValueError(f"max_number must be at least 2 (got {max_number})")
@@ -196,7 +191,7 @@ def sorting(
     """Sort numbers ascending ('Sort 42, 7, 19 ascending.' -> '#### 7, 19, 42'), the answer line alone.
 
     Difficulty: the list's length (`length=3`)."""
-    _check_range("length", min_length, max_length, 2)
+    check_range("length", min_length, max_length, 2)
     if max_value < 1:
         raise ValueError(f"max_value must be at least 1 (got {max_value})")
     rng = random.Random(seed)
